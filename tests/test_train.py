@@ -1,0 +1,160 @@
+"""train.py: config loading, the loop, checkpoints and exact resume (CPU, tiny preset)."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def run_args(tmp, name, *extra):
+    return [f"name={name}", f"train.out_dir={tmp}/runs", f"data.cache_dir={tmp}/cache", *extra]
+
+
+def cli(tmp, name, *extra):
+    cmd = [sys.executable, str(ROOT / "train.py"), str(TINY), *run_args(tmp, name, *extra)]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def rows(run):
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_preset_trains_from_the_command_line(tmp_path):
+    """The tiny preset runs end to end from the CLI, writes its outputs, and its losses fall."""
+    p = cli(tmp_path, "t")
+    out = p.communicate(timeout=300)[0].decode()
+    assert p.returncode == 0, out[-2000:]
+    run = tmp_path / "runs" / "t"
+    for f in ["config.yaml", "metrics.csv", "ckpt.pt"]:
+        assert (run / f).exists(), f"{f} missing from {run}"
+    assert list((run / "snapshots").glob("ema_*.pt")), "no EMA snapshots kept"
+    assert list((run / "samples").glob("*.gif")), "no imagined-future GIF written"
+    r = rows(run)
+    for key in ["video", "action"]:
+        first, last = float(r[0][key]), min(float(x[key]) for x in r[-3:])
+        assert last < 0.8 * first, f"{key} loss did not fall: {first:.4f} -> {last:.4f}"
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    """A run killed (SIGKILL) after its first checkpoint and started again ends bit-identical."""
+    ref = cli(tmp_path, "ref")
+    assert ref.wait(timeout=300) == 0, ref.stdout.read().decode()[-2000:]
+    p = cli(tmp_path, "cut")
+    ckpt = tmp_path / "runs" / "cut" / "ckpt.pt"
+    while not ckpt.exists() and p.poll() is None:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    total = train.load_config(TINY).train.steps
+    assert killed_at < total, f"the run finished ({killed_at}/{total}) before it could be killed"
+    again = cli(tmp_path, "cut")
+    out = again.communicate(timeout=300)[0].decode()
+    assert again.returncode == 0, out[-2000:]
+    assert f"resuming {ckpt} at step {killed_at}" in out, out[-2000:]
+    a = torch.load(tmp_path / "runs" / "ref" / "ckpt.pt", weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
+    for part in ["model", "ema"]:
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+    steps = [int(r["step"]) for r in rows(ckpt.parent)]
+    assert steps == sorted(set(steps)), f"metrics.csv has repeated or unordered steps: {steps}"
+
+
+def test_corrupted_checkpoint_raises_clearly(tmp_path):
+    """A truncated checkpoint stops the run with an error naming the file, never a fresh start."""
+    cfg = train.load_config(TINY, run_args(tmp_path, "bad"))
+    run = Path(cfg.train.out_dir) / "bad"
+    run.mkdir(parents=True)
+    (run / "ckpt.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(RuntimeError, match="ckpt.pt is unreadable"):
+        train.train(cfg)
+    assert (run / "ckpt.pt").read_bytes() == b"PK\x03\x04 truncated", "the bad file was touched"
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    """A non-finite loss stops the run, names the step and the loss, and leaves ckpt.pt intact."""
+    cfg = train.load_config(TINY, run_args(tmp_path, "nan", "train.steps=4", "train.ckpt_every=2"))
+    train.train(cfg)
+    ckpt = Path(cfg.train.out_dir) / "nan" / "ckpt.pt"
+    before = ckpt.read_bytes()
+    cfg = train.load_config(TINY, run_args(tmp_path, "nan2", "train.ckpt_every=2"))
+    real = train.WAM.forward
+
+    def poisoned(self, *a, **k):
+        losses, h = real(self, *a, **k)
+        return {**losses, "video": losses["video"] * float("nan")}, h
+    monkeypatch.setattr(train.WAM, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match=r"step 0: loss 'video' is nan"):
+        train.train(cfg)
+    assert ckpt.read_bytes() == before, "an earlier run's checkpoint changed"
+
+
+def test_unknown_key_names_the_nearest_valid_one(tmp_path):
+    """A misspelt key fails at load time and suggests the right key."""
+    with pytest.raises(KeyError, match=r"align\.wieght.*did you mean 'align\.weight'"):
+        train.load_config(TINY, ["align.wieght=0.5"])
+    with pytest.raises(KeyError, match="unknown config section 'modle'.*'model'"):
+        train.load_config(TINY, ["modle.depth=2"])
+
+
+def test_wrong_type_names_key_value_and_type():
+    """A value of the wrong type fails with the key, the value and the expected type."""
+    with pytest.raises(TypeError, match=r"'model.depth' = 'deep' \(str\); expected int"):
+        train.load_config(TINY, ["model.depth=deep"])
+    with pytest.raises(TypeError, match=r"'train.steps' = 1.5 \(float\); expected int"):
+        train.load_config(TINY, ["train.steps=1.5"])
+
+
+def test_bad_base_raises(tmp_path):
+    """A missing base file and a cycle of bases are both clear errors."""
+    (tmp_path / "a.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        train.load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        train.load_config(tmp_path / "b.yaml")
+
+
+def test_overrides_reach_the_dataclasses():
+    """Dotted overrides land in the dataclasses, ints widen to floats, bare words stay strings."""
+    cfg = train.load_config(TINY, ["align.weight=1", "model.depth=3", "align.teacher=random",
+                                   "train.snapshots=[0.5, 1.0]", "name=x"])
+    assert cfg.align.weight == 1.0 and isinstance(cfg.align.weight, float)
+    assert cfg.model.depth == 3 and cfg.align.teacher == "random" and cfg.name == "x"
+    assert cfg.train.snapshots == [0.5, 1.0]
+
+
+def test_saved_config_reloads_to_the_same_config(tmp_path):
+    """The resolved config.yaml a run writes loads back to an equal Config."""
+    p = cli(tmp_path, "cfg", "train.steps=2")
+    assert p.wait(timeout=300) == 0, p.stdout.read().decode()[-2000:]
+    saved = tmp_path / "runs" / "cfg" / "config.yaml"
+    again = train.load_config(saved)
+    want = train.load_config(TINY, run_args(tmp_path, "cfg", "train.steps=2"))
+    want.align.teacher_used = again.align.teacher_used
+    assert asdict(again) == asdict(want)
+    assert again.align.teacher_used == "oracle", f"recorded teacher {again.align.teacher_used!r}"
+
+
+def test_batch_order_is_a_function_of_the_step():
+    """Batch indices depend only on the step: each epoch is a permutation, so resume is exact."""
+    n, b = 10, 4
+    idx = torch.cat([train.batch_indices(s, b, n, seed=3) for s in range(5)])  # 2 epochs
+    assert sorted(idx[:10].tolist()) == list(range(10)), "first epoch is not a permutation"
+    assert torch.equal(train.batch_indices(3, b, n, 3), idx[12:16])

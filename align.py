@@ -43,7 +43,7 @@ class AlignConfig:
     apply_to: str = "foresight"   # the DESIGN's align.pass: foresight (what the head reads) | video
     frames: str = "all"           # all | context | future: whose tokens are aligned
     normalize: str = "spatial"    # none | spatial (per-frame token standardisation, iREPA)
-    proj_hidden: int = 256        # projector MLP hidden width
+    proj_hidden: int = 128        # projector MLP hidden width
     oracle_dim: int = 64          # Dt of the oracle-family teachers
     teacher_res: int = 0          # ViT input side in px; 0 = 14 * grid side (patch grid = our grid)
     cache: bool = True            # ViT features of the demos computed once, kept on disk (float16)

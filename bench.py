@@ -1,0 +1,280 @@
+"""Speed figures: `python bench.py [env|attention|train|act|teacher|all] [--json PATH]
+[--config PATH] [--threads N] [--quick]`.
+
+Prints a table (figure, value, goal, device); --json writes the figures as flat keys. Timings are
+medians over repetitions after warm-up. Every comparison (sdpa vs math, AGRA vs baseline, act
+steps) is a ratio measured in the same run, the variants' repetitions interleaved so machine
+noise hits them alike. On CUDA, train and act run under bf16 autocast as train.py does.
+--quick only checks that the code runs: its numbers are not figures.
+"""
+import argparse
+import copy
+import json
+import platform
+import re
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from align import OracleTeacher, agra_loss, build_projector, build_vit, teacher_batch
+from data import PALETTE, SHAPES, expert, get_suite, render, reset, step, task_ids
+from model import attention
+from train import build_model, load_config
+
+GOALS = {  # figure prefix -> (goal on the 2-core CPU, goal on one H100)
+    "env.steps_per_s": (">= 20000", "report"), "attention.sdpa_over_math": (">= 1.3", ">= 2"),
+    "train.mfu": ("report", ">= 0.45"), "train.agra_over_baseline": ("<= 1.05", "<= 1.05"),
+    "act.ms_batch1": ("<= 60", "<= 10")}
+PEAKS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}  # bf16 dense
+STEPS = [1, 2, 4, 8]  # act() Euler steps compared: the latency lever of the action head
+REPS, WARMUP, QUICK_REPS = {"env": 20, "attention": 10, "train": 10, "act": 50, "teacher": 5}, 3, 2
+
+
+def device_name(device):
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", info)
+    model = model.group(1).strip() if model else platform.processor() or "unknown cpu model"
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' * (n > 1)}, {model})"
+
+
+def timeit(fns, device, reps, warmup):
+    """Median seconds per call of each fn in {name: fn}; the variants take turns each repetition."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    times = {name: [] for name in fns}
+    for i in range(warmup + reps):
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def fake_batch(cfg, B, T, device, n_frames):
+    """A batch with data.Dataset.batch's keys and shapes, random contents (speed does not depend
+    on them); frame_index points into a feature table of n_frames frames."""
+    g = torch.Generator().manual_seed(0)
+    H, K = cfg.env.res, 1 + cfg.env.max_distractors
+    tasks = torch.tensor(task_ids(cfg.env))                                 # (4,)
+    batch = {"video": torch.rand(B, T, 3, H, H, generator=g) * 2 - 1,      # (B, T, 3, H, W)
+             "actions": torch.rand(B, cfg.data.horizon, 2, generator=g) * 2 - 1,  # (B, Ha, 2)
+             "task": tasks[torch.randint(len(tasks), (B,), generator=g)],  # (B,)
+             "masks": torch.randint(3 + K, (B, T, H, H), generator=g).byte(),  # (B, T, H, W)
+             "color": torch.randint(len(PALETTE), (B, K), generator=g),    # (B, K)
+             "shape": torch.randint(len(SHAPES), (B, K), generator=g),     # (B, K)
+             "frame_index": torch.randint(n_frames, (B, T), generator=g)}  # (B, T)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def flops_per_sample(m):
+    """FLOPs of one training sample (video pass + foresight pass + action head, forward and
+    backward), counted as nanoGPT's estimate_mfu does: a weight used once per token costs 6 FLOPs
+    (2 forward, 4 backward), attention costs 6 * 2 * Lq * Lk * width per layer (scores + sum).
+    S = T*N video tokens, P = 3 p^2 pixels per patch, r = mlp_ratio, Ha action tokens. Per sample:
+      DiT block    S (4 + 2r) D^2  [qkv, proj, mlp]  + T 6 D^2 [adaLN, per frame]  + 2 S^2 D [attn]
+      embed        S P D [patch]   + T (256 D + D^2) [timestep MLP, per frame]
+      video pass   embed + depth blocks + Tf N D P + Tf 2 D^2 [final layer on the future frames]
+      foresight    embed + blocks up to the deepest bridged layer (no final layer)
+      head block   Ha (6 + 2r) Dh^2 [self qkv/proj, cross q/proj, mlp]  + 9 Dh^2 [adaLN]
+                   + S (D Dh + 2 Dh^2) [bridge + cross k, v on every video token]
+                   + 2 Ha^2 Dh + 2 Ha S Dh [self and cross attention]
+      head         head_depth blocks + 256 Dh + Dh^2 [t MLP] + 2 Ha A Dh [in/out] + 2 Dh^2
+    FLOPs = 6 * (sum of the multiply-adds above)."""
+    c, D, Dh, r, Ha, A = m.mcfg, m.mcfg.width, m.mcfg.head_width, m.mcfg.mlp_ratio, m.horizon, 2
+    T, N, Tf, P = m.n_ctx + m.n_future, m.n_tokens, m.n_future, 3 * c.patch**2
+    S = T * N
+    block = S * (4 + 2 * r) * D * D + T * 6 * D * D + 2 * S * S * D
+    embed = S * P * D + T * (256 * D + D * D)
+    video = embed + c.depth * block + Tf * N * D * P + Tf * 2 * D * D
+    foresight = embed + max(m.bridge_layers()) * block
+    head_block = (Ha * (6 + 2 * r) * Dh * Dh + 9 * Dh * Dh + S * (D * Dh + 2 * Dh * Dh)
+                  + 2 * Ha * Ha * Dh + 2 * Ha * S * Dh)
+    head = c.head_depth * head_block + 256 * Dh + Dh * Dh + 2 * Ha * A * Dh + 2 * Dh * Dh
+    return 6 * (video + foresight + head)
+
+
+def peak_flops(device, reps, warmup):
+    """(peak FLOP/s, how it was found): the card's bf16 dense spec, else a large matmul now."""
+    name = device_name(device)
+    for card, peak in PEAKS.items():
+        if device == "cuda" and card in name:
+            return peak, f"spec bf16 dense ({card})"
+    n = 1024 if reps == QUICK_REPS else 4096
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))  # (n, n) each
+    t = timeit({"mm": lambda: a @ b}, device, reps, warmup)["mm"]
+    return 2 * n**3 / t, f"measured {dtype} matmul n={n}"
+
+
+def bench_env(cfg, device, ctx, reps, warmup):
+    env = replace(cfg.env, res=64)
+    gen = torch.Generator(device=device).manual_seed(0)
+    task = torch.tensor(task_ids(env), device=device).repeat(256)           # (1024,)
+    state, app = reset(env, get_suite(cfg.suites, "id"), task, gen)
+
+    def one_step():  # the expert acts, the world steps, the new state is drawn
+        nonlocal state
+        state = step(env, state, expert(env, state))
+        render(env, state, app)
+
+    t = timeit({"env": one_step}, device, reps, warmup)["env"]
+    return {"env.steps_per_s": len(task) / t}
+
+
+def bench_attention(cfg, device, ctx, reps, warmup):
+    """sdpa vs math forward+backward at 128 tokens (cpu preset T*N) and 1024 (gpu preset T*N),
+    the preset's width and heads, the preset's tokens per batch (B * T * N) at either length."""
+    mc, out = cfg.model, {}
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    T, N = cfg.data.n_ctx + cfg.data.n_future, (cfg.env.res // mc.patch) ** 2
+    tokens = cfg.train.batch_size * T * N
+    for L in [128, 1024]:
+        shape = (max(1, tokens // L), mc.heads, L, mc.width // mc.heads)  # (B, heads, L, d)
+        q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+                   for _ in range(3))
+
+        def fwd_bwd(impl, qkv=(q, k, v)):  # grads accumulate: the same cost every call
+            attention(*qkv, impl).sum().backward()
+
+        t = timeit({i: lambda i=i: fwd_bwd(i) for i in ["sdpa", "math"]}, device, reps, warmup)
+        out[f"attention.sdpa_over_math.{L}"] = t["math"] / t["sdpa"]
+    return out
+
+
+def bench_train(cfg, device, ctx, reps, warmup):
+    """One step (both passes, backward, clip, AdamW) of the preset's model: baseline, AGRA with
+    the oracle computed from the masks, AGRA with ViT features gathered from a cached table."""
+    tc, ac, B = cfg.train, cfg.align, cfg.train.batch_size
+    grid, T, n_frames = cfg.env.res // cfg.model.patch, cfg.data.n_ctx + cfg.data.n_future, 4096
+    torch.manual_seed(0)
+    base = build_model(cfg).to(device)
+    oracle = OracleTeacher(cfg.model.patch, len(PALETTE), len(SHAPES), ac.oracle_dim).to(device)
+    vit_dim = build_vit(ac, grid, None).dim
+    cache = torch.empty(n_frames, grid, grid, vit_dim, dtype=torch.float16).uniform_(-1, 1)
+    batch = fake_batch(cfg, B, T, device, n_frames)  # the cache stays on the CPU, as in train.py
+    variants = {"baseline": (None, 0), "oracle": (oracle, ac.oracle_dim), "dinov2_cache":
+                (cache, vit_dim)}
+    steps = {}
+    for name, (source, dim) in variants.items():
+        model = copy.deepcopy(base).train()
+        proj = build_projector(cfg.model.width, ac.proj_hidden, dim).to(device) if dim else None
+        params = list(model.parameters()) + (list(proj.parameters()) if proj else [])
+        opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2]},
+                                 {"params": [p for p in params if p.dim() < 2],
+                                  "weight_decay": 0.0}],
+                                lr=tc.lr, betas=(0.9, 0.95), weight_decay=tc.weight_decay)
+        fwd = torch.compile(model) if tc.compile else model
+
+        def train_step(fwd=fwd, proj=proj, source=source, opt=opt, params=params):
+            with ctx:  # as train.py's loop, without the data loading and the EMA update
+                losses, h = fwd(batch, ac.layer if proj else 0, ac.apply_to)
+                loss = tc.video_weight * losses["video"] + tc.action_weight * losses["action"]
+                if proj is not None:
+                    y = teacher_batch(batch, source)                        # (B, T, h, w, Dt)
+                    loss = loss + ac.weight * agra_loss(proj, h.float(), y, ac, cfg.data.n_ctx)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else 1e9)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        steps[name] = train_step
+    t = timeit(steps, device, reps, warmup)
+    peak, how = peak_flops(device, reps, warmup)
+    flops = flops_per_sample(base)
+    print(f"train: {flops / 1e9:.3f} GFLOP per sample (analytic), peak {peak / 1e12:.2f} "
+          f"TFLOP/s ({how})")
+    return {"train.samples_per_s": B / t["baseline"],
+            "train.mfu": flops * B / t["baseline"] / peak, "train.peak_flops": peak,
+            "train.gflop_per_sample": flops / 1e9,
+            "train.agra_over_baseline.oracle": t["oracle"] / t["baseline"],
+            "train.agra_over_baseline.dinov2_cache": t["dinov2_cache"] / t["baseline"]}
+
+
+def bench_act(cfg, device, ctx, reps, warmup):
+    """ms per act() at batch 1: the default Euler steps, and act_steps in STEPS."""
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).eval()
+    frames = torch.rand(1, cfg.data.n_ctx, 3, cfg.env.res, cfg.env.res, device=device) * 2 - 1
+    task = torch.tensor(task_ids(cfg.env)[:1], device=device)               # (1,)
+
+    def act(steps):
+        with ctx:
+            model.act(frames, task, steps)
+
+    t = timeit({s: lambda s=s: act(s) for s in sorted({*STEPS, cfg.model.act_steps})},
+               device, reps, warmup)
+    return {"act.ms_batch1": 1e3 * t[cfg.model.act_steps],
+            **{f"act.ms_steps{s}": 1e3 * t[s] for s in STEPS}}
+
+
+def bench_teacher(cfg, device, ctx, reps, warmup):
+    """Images per second of each teacher path, in fp32 as teacher_features builds the cache:
+    the ViT (dinov2 architecture, random init) at 14 px per token, the oracle from the masks,
+    and the cache gather (CPU table -> device)."""
+    grid, n, n_frames = cfg.env.res // cfg.model.patch, cfg.train.batch_size, 4096
+    vit = build_vit(cfg.align, grid, None).to(device)
+    oracle = OracleTeacher(cfg.model.patch, len(PALETTE), len(SHAPES), cfg.align.oracle_dim)
+    oracle = oracle.to(device)
+    cache = torch.empty(n_frames, grid, grid, vit.dim, dtype=torch.float16).uniform_(-1, 1)
+    batch = fake_batch(cfg, n, 1, device, n_frames)  # n one-frame windows, as demo_batch gives
+    t = timeit({"dinov2": lambda: vit(batch), "oracle": lambda: oracle(batch),
+                "cache": lambda: teacher_batch(batch, cache)}, device, reps, warmup)
+    print(f"teacher: ViT input {vit.res} px from {cfg.env.res} px frames, batch {n}")
+    return {f"teacher.images_per_s.{k}": n / v for k, v in t.items()}
+
+
+BENCHES = {"env": bench_env, "attention": bench_attention, "train": bench_train, "act": bench_act,
+           "teacher": bench_teacher}
+
+
+def goal(key, device):
+    hits = [g for prefix, g in GOALS.items() if key.startswith(prefix)]
+    return hits[0][device == "cuda"] if hits else ""
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("group", nargs="?", default="all", choices=[*BENCHES, "all"])
+    ap.add_argument("--json", help="write the figures (flat keys) to this file")
+    ap.add_argument("--config", default="config.yaml", help="preset whose model is measured")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--quick", action="store_true", help="2 repetitions: a smoke test, no figures")
+    args = ap.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads}; expected >= 1")
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.train.device == "auto" \
+        else cfg.train.device
+    ctx = nullcontext() if device == "cpu" else torch.autocast("cuda", dtype=torch.bfloat16)
+    name = device_name(device)
+    print(f"bench: {args.group} | config {args.config} ({cfg.name}) | {name} | torch "
+          f"{torch.__version__} | threads {torch.get_num_threads()}"
+          + (" | QUICK: smoke test, not figures" if args.quick else ""))
+    results = {}
+    for group in BENCHES if args.group == "all" else [args.group]:
+        reps, warmup = (QUICK_REPS, 1) if args.quick else (REPS[group], WARMUP)
+        results.update(BENCHES[group](cfg, device, ctx, reps, warmup))
+    print(f"{'figure':40s} {'value':>12s}  {'goal':10s} device")
+    for key, value in results.items():
+        print(f"{key:40s} {value:12.4g}  {goal(key, device):10s} {name}")
+    if args.json:
+        meta = {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "config": args.config, "quick": args.quick}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({**meta, **results}, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

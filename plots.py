@@ -1,0 +1,294 @@
+"""Pictures of one evaluated run, and report.md comparing arms of runs (eval.py's helper).
+
+An arm = the runs whose config.yaml differ only in name, train.seed and paths; named after its first
+run without a trailing -s<seed> (or _seed<k>) and without the prefix all arm names share
+("cpu-agra-s1" -> "agra" next to "cpu-baseline-s0" -> "baseline"). Each arm gets its mean and 95%
+t-interval over seeds, and the paired per-seed difference to the baseline arm with its interval.
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import torch
+import yaml
+
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042]  # t-distribution 97.5% quantiles, 1..30 degrees of freedom
+ARM_FREE = {"name", "train.seed", "train.out_dir", "train.device", "data.cache_dir"}
+TIMES = ["heldout", "success", "success_curve", "attention", "intervention", "probe", "video",
+         "latency", "total"]  # time.<part> columns of the report
+ORDER = ["success.", "attention.", "intervention.", "probe.", "video.", "latency."]  # table rows
+
+
+def is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def mean_ci(xs):
+    """(mean, 95% t-interval half-width, n) of the finite values; half-width nan for n < 2."""
+    xs = [x for x in xs if is_number(x) and math.isfinite(x)]
+    n = len(xs)
+    if n < 2:
+        return (xs[0] if xs else float("nan")), float("nan"), n
+    mu = sum(xs) / n
+    sd = math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1))
+    return mu, (T975[n - 2] if n <= 31 else 1.96) * sd / math.sqrt(n), n
+
+
+def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def read_csv(path):
+    """A run's metrics.csv -> {column: [floats]}."""
+    lines = [line.split(",") for line in Path(path).read_text().split()]
+    return {c: [float(r[i]) for r in lines[1:]] for i, c in enumerate(lines[0])}
+
+
+def arms_of(runs):
+    """{arm name: [run dirs]}: runs whose configs differ only in name, train.seed and paths."""
+    groups = {}
+    for r in runs:
+        c = flat(yaml.safe_load((r / "config.yaml").read_text()))
+        key = json.dumps({k: v for k, v in c.items()
+                          if k not in ARM_FREE and not k.startswith("eval.")}, sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    names = [re.sub(r"[-_]s(eed)?\d+$", "", Path(rs[0]).resolve().name) for rs in groups.values()]
+    cut = os.path.commonprefix(names).rfind("-") + 1 if len(names) > 1 else 0
+    arms = {}
+    for name, rs in zip(names, groups.values()):
+        name = name[cut:] or name
+        while name in arms:  # same name, different configs: keep both apart, loudly
+            print(f"WARNING: runs {rs} differ from {arms[name]} beyond the seed; arm '{name}+'")
+            name += "+"
+        arms[name] = rs
+    return arms
+
+
+# -----------------------------------------------------------------------------
+# figures: stats = {label: {metric key: (mean, 95% half-width, n)}}
+
+
+def save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path).name
+
+
+def bars(path, stats, panels):
+    """Grouped bars, one panel per (title, keys), one group per key, one bar per label, with
+    95% error bars."""
+    panels = [(title, keys) for title, keys in panels if keys]
+    if not panels:
+        return None
+    widths = [len(keys) * max(1, len(stats)) ** 0.5 * 0.6 + 1 for _, keys in panels]
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(sum(widths) + 1, 3.6),
+                             gridspec_kw={"width_ratios": widths})
+    w = 0.8 / len(stats)
+    for ax, (title, keys) in zip(axes[0], panels):
+        for i, (label, s) in enumerate(stats.items()):
+            mu = [s.get(k, (math.nan,))[0] for k in keys]
+            err = [0 if math.isnan(s.get(k, (0, math.nan))[1]) else s[k][1] for k in keys]
+            ax.bar([j + (i - (len(stats) - 1) / 2) * w for j in range(len(keys))], mu, w,
+                   yerr=err, capsize=2, label=label)
+        ax.set_xticks(range(len(keys)), [k.split(".", 1)[1] for k in keys], rotation=35,
+                      ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    return save(fig, path)
+
+
+def lines(path, stats, prefix, xlabel, with_id=False):
+    """One panel per name in keys '<prefix><name>@<x>', one line per label (95% error bars);
+    with_id adds success.id at x = 0 (severity 0 = the training distribution)."""
+    pat = re.compile(re.escape(prefix) + r"(.+)@(\d+)$")
+    names = sorted({pat.match(k)[1] for s in stats.values() for k in s if pat.match(k)})
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), squeeze=False, figsize=(2.8 * len(names) + 0.5, 2.8))
+    for ax, name in zip(axes[0], names):
+        for label, s in stats.items():
+            pts = sorted((int(pat.match(k)[2]), *v[:2]) for k, v in s.items()
+                         if pat.match(k) and pat.match(k)[1] == name)
+            pts = [(0, *s["success.id"][:2])] + pts if with_id and "success.id" in s else pts
+            x, mu, err = zip(*pts)
+            ax.errorbar(x, mu, yerr=[0 if math.isnan(e) else e for e in err], marker="o",
+                        capsize=2, label=label)
+        ax.set(title=name, xlabel=xlabel, ylim=(-0.02, 1.02))
+    axes[0][0].set_ylabel("success")
+    axes[0][-1].legend(fontsize=7)
+    return save(fig, path)
+
+
+def training(path, csvs, colors):
+    """Training curves (loss, video, action, align) of each run, coloured by arm."""
+    cols = ["loss", "video", "action", "align"]
+    fig, axes = plt.subplots(1, 4, figsize=(12, 2.8))
+    for run, c in csvs.items():
+        for ax, col in zip(axes, cols):
+            ax.plot(c["step"], c[col], color=colors[run][0], lw=0.8, label=colors[run][1])
+    for ax, col in zip(axes, cols):
+        ax.set(title=col, xlabel="step")
+    handles = dict(zip(*axes[0].get_legend_handles_labels()[::-1]))  # one entry per arm
+    axes[0].legend(handles.values(), handles.keys(), fontsize=7)
+    return save(fig, path)
+
+
+def heatmaps(path, rows):
+    """Each row's attention (summed over frames) over the current frame; cyan: interaction region.
+    rows = {label: examples dict from eval.attention_part}, the same inputs in every row."""
+    n = min(len(ex["frames"]) for ex in rows.values())
+    fig, axes = plt.subplots(len(rows), n, squeeze=False, figsize=(1.7 * n, 1.8 * len(rows)))
+    for r, (label, ex) in enumerate(rows.items()):
+        for i in range(n):
+            ax, (_, H, W), g = axes[r][i], ex["frames"][i].shape, ex["attn"].shape[-1]
+            ax.imshow(ex["frames"][i].permute(1, 2, 0).numpy(), extent=(0, W, H, 0))
+            ax.imshow(ex["attn"][i].numpy(), cmap="inferno", alpha=0.6, extent=(0, W, H, 0))
+            centers = [(j + 0.5) * W / g for j in range(g)]
+            ax.contour(centers, centers, ex["region"][i].float().numpy(), [0.5], colors="cyan",
+                       linewidths=0.7)
+            ax.set(xticks=[], yticks=[])
+        axes[r][0].set_ylabel(label, fontsize=7)
+    return save(fig, path)
+
+
+def pca_rgb(f):
+    """Features (n, h, w, D) -> (n, h, w, 3) in [0, 1]: their top 3 principal components."""
+    x = f.flatten(0, 2).float()                                                 # (n*h*w, D)
+    x = x - x.mean(0)
+    y = x @ torch.linalg.svd(x, full_matrices=False)[2][:3].T                  # (n*h*w, 3)
+    y = (y - y.min(0).values) / (y.max(0).values - y.min(0).values).clamp_min(1e-8)
+    return y.view(*f.shape[:3], 3)                                              # (n, h, w, 3)
+
+
+def pca(path, ex):
+    """The current frame, then the top-3 PCA of the interface features and of the teacher's."""
+    n = len(ex["frames"])
+    fig, axes = plt.subplots(3, n, squeeze=False, figsize=(1.7 * n, 5.4))
+    names = ["frame", f"layer {ex['layer']}", f"teacher: {ex['teacher_name']}"[:28]]
+    student, teacher = pca_rgb(ex["student"]), pca_rgb(ex["teacher"])          # (n, h, w, 3) each
+    for i in range(n):
+        imgs = [ex["frames"][i].permute(1, 2, 0), student[i], teacher[i]]
+        for r, img in enumerate(imgs):
+            axes[r][i].imshow(img.numpy(), interpolation="nearest")
+            axes[r][i].set(xticks=[], yticks=[])
+    for r, name in enumerate(names):
+        axes[r][0].set_ylabel(name, fontsize=7)
+    return save(fig, path)
+
+
+def figures(out, stats, csvs, colors, rows):
+    """Every picture into out/; returns {title: file name} of those that have data."""
+    keys = sorted({k for s in stats.values() for k in s})
+    suites = sorted((k for k in keys if k.startswith("success.")), key=lambda k: k != "success.id")
+    pix = [k for k in keys if k.startswith("intervention.pixel.")]
+    hid = [k for k in keys if k.startswith("intervention.hidden.")]
+    ratios = [k for k in ["intervention.sensitivity_ratio", "intervention.hidden_ratio"] if k in keys]
+    figs = {"success per suite": bars(out / "success.png", stats, [("success", suites)]),
+            "success against OOD severity": lines(out / "severity.png", stats, "success.",
+                                                  "severity", with_id=True),
+            "success against training steps": lines(out / "curve.png", stats, "success_curve.",
+                                                    "training step"),
+            "sensitivity (action-chunk change, same noise)": bars(
+                out / "sensitivity.png", stats, [("pixel edits", pix), ("interface edits", hid),
+                                                 ("relevant / irrelevant", ratios)]),
+            "training curves": training(out / "training.png", csvs, colors),
+            "attention of the action head": heatmaps(out / "attention.png", rows)}
+    return {k: v for k, v in figs.items() if v}
+
+
+def run_pictures(out, run, m, cfg, ex):
+    """A run's pictures in out/ (RUN_DIR/eval); error bars: binomial 95% for success rates."""
+    n = {"success": cfg.eval.episodes, "success_curve": cfg.eval.curve_episodes}
+    stats = {run.name: {k: (v, 1.96 * math.sqrt(max(0.0, v * (1 - v)) / n[k.split(".")[0]])
+                            if k.split(".")[0] in n else math.nan, 1)
+                        for k, v in m.items() if is_number(v)}}
+    figures(out, stats, {run: read_csv(run / "metrics.csv")}, {run: ("C0", run.name)},
+            {run.name: ex})
+    pca(out / "pca.png", ex)
+
+
+def fmt(v):
+    if not is_number(v) or math.isnan(v):
+        return "n/a"
+    return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3f}" if abs(v) >= 0.01 or v == 0 else f"{v:.1e}"
+
+
+def report(runs, metrics, out, baseline="baseline"):
+    """out/report.md with its PNGs: arms, mean and 95% CI per metric, paired differences, times."""
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    arms = arms_of(runs)
+    arms = {a: arms[a] for a in sorted(arms, key=lambda a: a != baseline)}  # baseline first
+    seed = {r: yaml.safe_load((r / "config.yaml").read_text())["train"]["seed"] for r in runs}
+    def row(k):  # table order: ORDER's groups, success.id first, then by name
+        return next(i for i, p in enumerate(ORDER) if k.startswith(p)), k != "success.id", k
+    keys = sorted({k for r in runs for k, v in metrics[r].items() if is_number(v)
+                   and k.startswith(tuple(ORDER))}, key=row)
+    curve = sorted({k for r in runs for k in metrics[r] if k.startswith("success_curve.")})
+    stats = {a: {k: mean_ci([metrics[r].get(k) for r in rs]) for k in keys + curve}
+             for a, rs in arms.items()}
+    diffs = {}
+    for a, rs in arms.items():
+        base = {seed[r]: metrics[r] for r in arms.get(baseline, [])}
+        pairs = [(metrics[r], base[seed[r]]) for r in rs if seed[r] in base]
+        if a != baseline and pairs:
+            diffs[a] = {k: mean_ci([x[k] - y[k] for x, y in pairs if is_number(x.get(k))
+                                    and is_number(y.get(k))]) for k in keys}
+    colors = {r: (f"C{i % 10}", a) for i, (a, rs) in enumerate(arms.items()) for r in rs}
+    examples = {a: torch.load(rs[0] / "eval" / "examples.pt", weights_only=True)
+                for a, rs in arms.items()}
+    same = all(torch.equal(ex["frames"], next(iter(examples.values()))["frames"])
+               for ex in examples.values())
+    figs = figures(out, stats, {r: read_csv(r / "metrics.csv") for r in runs}, colors, examples)
+    for a, rs in arms.items():  # copies, so the report folder stands alone (runs/ is not kept)
+        shutil.copy(rs[0] / "eval" / "pca.png", out / f"pca_{a}.png")
+    md = [(f"# Evaluation report\n\n`python eval.py {' '.join(sys.argv[1:])}`, "
+           f"{time.strftime('%Y-%m-%d %H:%M')}. Means with 95% t-intervals over seeds (n = seeds); "
+           f"paired differences to `{baseline}` over the seeds both arms ran. An arm = the runs "
+           f"whose configs differ only in {', '.join(sorted(ARM_FREE))}.\n"),
+          "## Arms\n", "| arm | runs | train.seed | teacher | steps |", "|---|---|---|---|---|"]
+    md += [f"| {a} | {', '.join(r.name for r in rs)} | {', '.join(str(seed[r]) for r in rs)} | "
+           f"{', '.join(sorted({str(metrics[r]['teacher']) for r in rs}))} | "
+           f"{', '.join(sorted({str(metrics[r]['step']) for r in rs}))} |" for a, rs in arms.items()]
+    md += ["\n## Metrics: mean ± 95% CI (n)\n", "| metric | " + " | ".join(arms) + " |",
+           "|---" * (len(arms) + 1) + "|"]
+    md += [f"| {k} | " + " | ".join(f"{fmt(stats[a][k][0])} ± {fmt(stats[a][k][1])} "
+                                    f"({stats[a][k][2]})" for a in arms) + " |" for k in keys]
+    if diffs:
+        md += [f"\n## Paired difference to {baseline}: mean [95% CI] (pairs)\n",
+               "| metric | " + " | ".join(f"{a} - {baseline}" for a in diffs) + " |",
+               "|---" * (len(diffs) + 1) + "|"]
+        md += [f"| {k} | " + " | ".join(
+            f"{d[k][0]:+.3f} [{d[k][0] - d[k][1]:+.3f}, {d[k][0] + d[k][1]:+.3f}] ({d[k][2]})"
+            if d[k][2] > 1 else f"{fmt(d[k][0])} ({d[k][2]})" for d in diffs.values()) + " |"
+            for k in keys]
+    else:
+        md += [f"\nNo paired differences: no arm named `{baseline}` shares a seed with another."]
+    md += ["\n## Pictures\n"] + [f"### {t}\n\n![{t}]({f})\n" for t, f in figs.items()]
+    md += ["" if same else "(The arms' held-out inputs differ: their data configs differ.)\n"]
+    md += ["### PCA of interface features next to the teacher's\n"]
+    md += [f"{a}:\n\n![pca {a}](pca_{a}.png)\n" for a in arms]
+    parts = [f"time.{p}" for p in TIMES if any(f"time.{p}" in metrics[r] for r in runs)]
+    md += ["## Time (seconds)\n", "| run | " + " | ".join(p[5:] for p in parts) + " |",
+           "|---" * (len(parts) + 1) + "|"]
+    md += [f"| {r.name} | " + " | ".join(f"{metrics[r].get(p, math.nan):.2f}" for p in parts) + " |"
+           for r in runs]
+    md += [f"\nThis report: {time.perf_counter() - t0:.1f} s.\n"]
+    (out / "report.md").write_text("\n".join(md))
+    print(f"report: {out / 'report.md'}")

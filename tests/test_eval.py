@@ -1,0 +1,222 @@
+"""eval.py and plots.py: attention statistics, interventions, the whole evaluation, the report."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import data
+import eval as ev
+import plots
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+SMALL = ["eval.replan=0", "eval.episodes=16", "eval.batch_size=16", "eval.curve_episodes=8",
+         "eval.heldout_episodes=8", "eval.attn_samples=16", "eval.intervention_samples=16", "eval.probe_samples=32",
+         "eval.probe_steps=20", "eval.psnr_samples=4", "eval.latency_reps=3", "eval.examples=2"]
+
+
+def region_of(g, T, cells):
+    """(1, T*N) bool with the given (frame, row, col) tokens set."""
+    region = torch.zeros(1, T, g, g, dtype=torch.bool)
+    for t, r, c in cells:
+        region[0, t, r, c] = True
+    return region.flatten(1)
+
+
+def test_attention_equal_to_the_mask_is_all_in_mask():
+    """An attention map equal to the (normalised) region mask gives in_mask 1 and centroid error 0."""
+    region = region_of(4, 2, [(0, 1, 1), (0, 1, 2), (1, 3, 0)])
+    s = ev.attention_stats(region.float() / region.sum(), region, 4)
+    assert abs(s["in_mask"] - 1) < 1e-6, f"in_mask {s['in_mask']} for attention == mask"
+    assert s["centroid_error"] < 1e-6, f"centroid error {s['centroid_error']} for attention == mask"
+
+
+def test_uniform_attention_is_at_chance():
+    """A uniform attention map puts exactly the region's token share (the chance level) in the mask."""
+    region = region_of(4, 2, [(0, 0, 0), (1, 2, 3), (1, 3, 3)])
+    s = ev.attention_stats(torch.full((1, 32), 1 / 32), region, 4)
+    assert abs(s["chance"] - 3 / 32) < 1e-6, f"chance {s['chance']}, expected 3/32"
+    assert abs(s["in_mask"] - s["chance"]) < 1e-6, f"uniform in_mask {s['in_mask']} != chance"
+
+
+def test_region_tokens_pool_pixels_to_tokens():
+    """A token is in the region when any of its pixels carries an interaction id, never otherwise."""
+    masks = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)                           # (B, T, H, W)
+    masks[0, 0, 5, 2], masks[0, 0, 0, 7] = 3, 4  # a target pixel in token (1, 0), a distractor's
+    region = ev.region_tokens(masks, [1, 3], 4)                                   # (1, 4)
+    assert region.tolist() == [[False, False, True, False]], f"region tokens {region.tolist()}"
+
+
+def test_sensitivity_ratio_on_a_hand_made_case():
+    """Relevant change 5 (a 3-4-5 shift) over irrelevant changes 1 and 0 (nan skipped) gives 10."""
+    a0 = torch.zeros(2, 4, 2)                                                     # (B, Ha, A)
+    moved = ev.action_change(a0 + torch.tensor([3.0, 4.0]), a0)                   # (B,)
+    swapped = ev.action_change(a0 + torch.tensor([0.6, 0.8]), a0)
+    same = ev.action_change(a0.clone(), a0)
+    assert moved.tolist() == [5.0, 5.0] and same.tolist() == [0.0, 0.0], (moved, same)
+    ratio = ev.sensitivity_ratio(moved.mean().item(), [swapped.mean().item(), math.nan, 0.0])
+    assert abs(ratio - 10) < 1e-5, f"ratio {ratio}, expected 5 / mean(1, 0) = 10"
+
+
+def test_token_edits_touch_only_the_marked_tokens():
+    """Every edit leaves unmarked tokens alone; swap fills marked ones with the window's unmarked
+    tokens, shuffle with the previous window's, mean with their mean, zeros with 0."""
+    h = {1: torch.randn(3, 6, 5)}                                                 # (B, L, D)
+    m = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0], [0, 1, 0, 1, 0, 1]]).bool()
+    gen = torch.Generator().manual_seed(0)
+    for op in ["identity", "mean", "zeros", "shuffle", "swap"]:
+        out = ev.edit_tokens(h, m, op, gen)[1]
+        assert torch.equal(out[~m], h[1][~m]), f"'{op}' changed unmarked tokens"
+    swap, shuffle = ev.edit_tokens(h, m, "swap", gen)[1], ev.edit_tokens(h, m, "shuffle", gen)[1]
+    for b, i in m.nonzero().tolist():
+        assert any(torch.equal(swap[b, i], h[1][b, j]) for j in (~m[b]).nonzero()[:, 0]), \
+            f"swap put a non-background token at ({b}, {i})"
+        assert torch.equal(shuffle[b, i], h[1][b - 1, i]), f"shuffle at ({b}, {i})"
+    zeros = ev.edit_tokens(h, m, "zeros", gen)[1]
+    assert zeros[m].abs().sum() == 0, "zeros left non-zero marked tokens"
+    with pytest.raises(ValueError, match="unknown token edit"):
+        ev.edit_tokens(h, m, "blur", gen)
+
+
+def test_mean_ci_and_arms(tmp_path):
+    """Three seeds 1, 2, 3 give mean 2 +- 4.303/sqrt(3); runs differing in seed only form one arm."""
+    mu, half, n = plots.mean_ci([1.0, 2.0, 3.0, math.nan])
+    assert (mu, n) == (2.0, 3) and abs(half - 4.303 / 3 ** 0.5) < 1e-9, (mu, half, n)
+    base = {"name": "", "train": {"seed": 0}, "align": {"weight": 0.0}}
+    for name, seed, w in [("x-baseline-s0", 0, 0.0), ("x-baseline-s1", 1, 0.0), ("x-agra-s0", 0, 1)]:
+        (tmp_path / name).mkdir()
+        cfg = {**base, "name": name, "train": {"seed": seed}, "align": {"weight": w}}
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(cfg))
+    arms = plots.arms_of(sorted(tmp_path.iterdir()))
+    assert {a: [r.name for r in rs] for a, rs in arms.items()} == {
+        "agra": ["x-agra-s0"], "baseline": ["x-baseline-s0", "x-baseline-s1"]}, arms
+
+
+def test_closed_loop_feeds_the_right_frames_and_scores_the_expert(monkeypatch):
+    """Driven by the scripted expert, the closed loop scores >= 95% on id, and each context frame
+    it feeds is the frame of the state at the time data.Dataset would use."""
+    cfg = train.load_config(TINY, ["env.max_steps=20", "data.n_ctx=2", "eval.replan=1",
+                                   "eval.batch_size=32"])
+    log, real_reset, real_step = {}, data.reset, data.step
+
+    def reset(env, suite, task, gen):
+        state, app = real_reset(env, suite, task, gen)
+        log.update(states=[state], app=app)
+        return state, app
+
+    def step(env, state, action):
+        log["states"].append(real_step(env, state, action))
+        return log["states"][-1]
+
+    class ExpertPolicy:
+        def act(self, frames, task, steps=None):
+            t = len(log["states"]) - 1
+            for i, s in enumerate(ev.context_times(t, 2, cfg.data.stride)):
+                want = data.render(cfg.env, log["states"][s], log["app"])[0] / 127.5 - 1
+                assert torch.equal(frames[:, i], want), f"context frame {i} at t={t} is not {s}"
+            chunk = data.expert(cfg.env, log["states"][-1])[:, None]             # (B, 1, A)
+            return chunk.expand(-1, cfg.data.horizon, -1)                         # (B, Ha, A)
+
+    monkeypatch.setattr(data, "reset", reset)
+    monkeypatch.setattr(data, "step", step)
+    rate = ev.success_rate(ExpertPolicy(), cfg, "id", 64, "cpu")
+    assert rate >= 0.95, f"the expert scores {rate:.2f} in eval's closed loop"
+
+
+# -----------------------------------------------------------------------------
+# on tiny runs trained here
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A baseline and an AGRA run of the tiny preset, seed 0."""
+    tmp = tmp_path_factory.mktemp("eval")
+    for name, weight in [("tiny-baseline-s0", 0.0), ("tiny-agra-s0", 0.5)]:
+        train.train(train.load_config(TINY, [f"name={name}", f"train.out_dir={tmp}/runs",
+                                             f"data.cache_dir={tmp}/cache",
+                                             f"align.weight={weight}"]))
+    return tmp / "runs"
+
+
+def test_identity_intervention_changes_no_action(runs):
+    """With the same noise, an identity edit of the interface gives exactly the same action chunk."""
+    cfg = train.load_config(runs / "tiny-baseline-s0" / "config.yaml", SMALL)
+    model = train.build_model(cfg).eval()
+    model.load_state_dict(train.load_checkpoint(runs / "tiny-baseline-s0" / "ckpt.pt")["ema"])
+    _, ds = ev.heldout(cfg)
+    batch = ev.windows(ds, 8, 0)
+    with torch.no_grad():
+        hidden, task = ev.interface(model, cfg, batch, "cpu", model.bridge_layers())
+        noise = ev.noise_like(cfg, 8, 0, "cpu")                                   # (B, Ha, A)
+        region = ev.region_tokens(batch["masks"], [1, 3], cfg.model.patch)
+        a0 = model.sample_actions(hidden, task, 2, noise)
+        a1 = model.sample_actions(ev.edit_tokens(hidden, region, "identity", None), task, 2, noise)
+    change = ev.action_change(a1, a0)
+    assert change.abs().max() == 0, f"identity edit changed actions by {change.tolist()}"
+
+
+def test_whole_eval_writes_every_key_and_reuses_it(runs):
+    """A tiny run's eval writes every documented key and its pictures; a rerun reuses the stored
+    values, and --force recomputes them."""
+    run = runs / "tiny-baseline-s0"
+    m = ev.evaluate(run, SMALL)
+    cfg = train.load_config(run / "config.yaml", SMALL)
+    steps = [int(p.stem.split("_")[1]) for p in (run / "snapshots").glob("ema_*.pt")]
+    keys = {f"success.{s}" for s in cfg.suites} | {f"success_curve.id@{k}" for k in steps}
+    keys |= {f"attention.{k}" for k in ["in_mask", "chance", "centroid_error"]}
+    keys |= {f"attention.{k}.block{j}" for k in ["in_mask", "centroid_error"]
+             for j in range(cfg.model.head_depth)}
+    keys |= {f"intervention.pixel.{k}" for k in [*ev.IRRELEVANT, "target_move"]}
+    keys |= {f"intervention.hidden.{op}.{w}" for op in ev.HIDDEN_OPS
+             for w in ["region", "background"]}
+    keys |= {f"intervention.{k}" for k in ["relevant", "irrelevant", "sensitivity_ratio",
+                                           "hidden_ratio"]}
+    keys |= {"probe.localization_acc", "probe.affordance_acc", "probe.chance", "video.psnr",
+             "latency.act_ms", "teacher", "step", "time.success", "time.total"}
+    stored = json.loads((run / "eval" / "metrics.json").read_text())
+    assert not keys - set(stored), f"missing keys: {sorted(keys - set(stored))}"
+    assert stored == m, "metrics.json differs from what evaluate returned"
+    for k in ["attention.in_mask", "attention.chance", "probe.localization_acc", "video.psnr",
+              "latency.act_ms"]:
+        assert math.isfinite(stored[k]), f"{k} = {stored[k]}"
+    assert all(0 <= stored[k] <= 1 for k in keys if k.startswith("success")), "rate outside [0, 1]"
+    assert stored["teacher"] == "none", f"baseline teacher {stored['teacher']!r}"
+    for f in ["success.png", "severity.png", "curve.png", "sensitivity.png", "training.png",
+              "attention.png", "pca.png"]:
+        assert (run / "eval" / f).stat().st_size > 0, f"picture {f} missing"
+    stored["success.id"] = -1.0  # a marker: kept if reused, replaced if recomputed
+    (run / "eval" / "metrics.json").write_text(json.dumps(stored))
+    assert ev.evaluate(run, SMALL)["success.id"] == -1.0, "a finished eval was recomputed"
+    assert ev.evaluate(run, SMALL, force=True)["success.id"] == m["success.id"], "--force ignored"
+
+
+def test_suite_given_on_the_command_line_is_used(runs):
+    """A suite defined only on the command line is evaluated under its own values."""
+    run = runs / "tiny-baseline-s0"
+    ev.main([str(run), "suites.bg_new={'table_colors': [[0.9, 0.2, 0.9]]}",
+             "eval.suites=['bg_new']", *SMALL])
+    stored = json.loads((run / "eval" / "metrics.json").read_text())
+    meta = json.loads((run / "eval" / "meta.json").read_text())
+    assert "success.bg_new" in stored, f"no success.bg_new in {sorted(stored)}"
+    assert meta["suites"]["bg_new"]["table_colors"] == [[0.9, 0.2, 0.9]], meta["suites"]["bg_new"]
+    with pytest.raises(KeyError, match="nope"):
+        ev.main([str(run), "eval.suites=['nope']", *SMALL])
+
+
+def test_report_of_two_runs_has_the_arm_table(runs, tmp_path):
+    """Two tiny runs of two arms give report.md with the arm table, the paired differences to the
+    baseline, the timing table and the plots it links."""
+    ev.main([str(runs / "tiny-baseline-s0"), str(runs / "tiny-agra-s0"), "--out",
+             str(tmp_path), *SMALL])
+    md = (tmp_path / "report.md").read_text()
+    for text in ["| arm | runs | train.seed | teacher | steps |", "| baseline | tiny-baseline-s0 |",
+                 "| agra | tiny-agra-s0 |", "## Paired difference to baseline", "| success.id |",
+                 "## Time (seconds)"]:
+        assert text in md, f"report.md lacks {text!r}"
+    for f in ["success.png", "attention.png", "training.png", "pca_agra.png", "pca_baseline.png"]:
+        assert (tmp_path / f).is_file() and f"({f})" in md, f"{f} not written or not linked"

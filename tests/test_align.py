@@ -107,7 +107,7 @@ def test_oracle_on_rendered_scenes_ignores_which_block_is_the_target():
     """On data.py's rendered worlds, every token holding block k carries block k's colour and shape,
     and relabelling which block is the target (another task, same scene) changes nothing."""
     env = EnvConfig(res=32, max_distractors=2)
-    suite = data.get_suite(data.DEFAULT_SUITES, "id")
+    suite = data.Suite()  # the id suite
     task = torch.tensor(data.task_ids(env) * 2)                           # (B,) 8 worlds
     state, app = data.reset(env, suite, task, torch.Generator().manual_seed(0))
     _, masks = data.render(env, state, app)                               # (B, H, W) uint8

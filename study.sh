@@ -14,7 +14,8 @@ preset=${1:-cpu}
 part=${2:-all}                  # headline | ablations | all
 seeds=${SEEDS:-"0 1 2"}
 jobs=${JOBS:-2}
-export OMP_NUM_THREADS=$(( $(nproc) / jobs > 0 ? $(nproc) / jobs : 1 ))
+cores=$(getconf _NPROCESSORS_ONLN)  # not nproc: nproc obeys OMP_NUM_THREADS
+export OMP_NUM_THREADS=$(( cores / jobs > 0 ? cores / jobs : 1 ))
 py=${PYTHON:-python}
 out=results/$preset
 mkdir -p "$out/runs"
@@ -50,11 +51,12 @@ run_one() {  # arm seed
   local t0=$SECONDS
   if [ -f "$out/runs/$name/metrics.json" ]; then return; fi
   # shellcheck disable=SC2086
-  $py train.py "configs/$preset.yaml" "name=$name" "train.seed=$seed" ${ARMS[$arm]} >>"$log.$name" 2>&1
-  $py eval.py "runs/$name" >>"$log.$name" 2>&1
+  $py train.py "configs/$preset.yaml" "name=$name" "train.seed=$seed" ${ARMS[$arm]} \
+    >>"$log.$name" 2>&1 || return 1  # (set -e does not reach inside a function run with ||)
+  $py eval.py "runs/$name" >>"$log.$name" 2>&1 || return 1
   mkdir -p "$out/runs/$name"
   cp "runs/$name/config.yaml" "runs/$name/metrics.csv" "runs/$name/eval/metrics.json" \
-     "$out/runs/$name/"
+     "$out/runs/$name/" || return 1
   echo "$(date -u +%FT%TZ) $name done in $((SECONDS - t0)) s ($OMP_NUM_THREADS threads)" \
     | tee -a "$out/timing.txt"
 }
@@ -75,7 +77,7 @@ worker() {  # worker k takes queue items k, k + jobs, ...
 }
 
 echo "$(date -u +%FT%TZ) start: bash study.sh $*  (seeds: $seeds, $jobs jobs) on $(uname -n)," \
-  "$(nproc) cores" | tee -a "$out/timing.txt"
+  "$cores cores" | tee -a "$out/timing.txt"
 for ((k = 0; k < jobs; k++)); do worker "$k" & done
 wait
 $py eval.py runs/"$preset"-*/ --out "$out" >>"$log" 2>&1

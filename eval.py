@@ -440,6 +440,8 @@ def main(argv=None):
     p.add_argument("--out", help="report folder (default: <common parent of the runs>/report)")
     p.add_argument("--force", action="store_true", help="recompute, ignore existing metrics.json")
     p.add_argument("--baseline", default="baseline", help="arm the paired differences refer to")
+    p.add_argument("--readme", help="also paste summary.md into this file, between the lines "
+                   "'<!-- results:OUT -->' and '<!-- /results:OUT -->'")
     a = p.parse_intermixed_args(argv)
     runs = [Path(x) for x in a.args if "=" not in x]
     overrides = [x for x in a.args if "=" in x]
@@ -449,7 +451,16 @@ def main(argv=None):
     metrics = {r: evaluate(r, overrides, a.force) for r in runs}
     if len(runs) > 1:
         common = Path(os.path.commonpath([r.resolve() for r in runs]))
-        plots.report(runs, metrics, Path(a.out) if a.out else common / "report", a.baseline)
+        out = Path(a.out) if a.out else common / "report"
+        plots.report(runs, metrics, out, a.baseline)
+        if a.readme:  # README tables come from the metrics files, never typed by hand
+            text, begin, end = Path(a.readme).read_text(), f"<!-- results:{out} -->", \
+                f"<!-- /results:{out} -->"
+            if begin not in text or end not in text:
+                raise ValueError(f"{a.readme} has no '{begin}' ... '{end}' block to fill")
+            head, rest = text.split(begin, 1)
+            text = f"{head}{begin}\n{(out / 'summary.md').read_text()}{end}{rest.split(end, 1)[1]}"
+            Path(a.readme).write_text(text)
 
 
 if __name__ == "__main__":

@@ -291,4 +291,53 @@ def report(runs, metrics, out, baseline="baseline"):
            for r in runs]
     md += [f"\nThis report: {time.perf_counter() - t0:.1f} s.\n"]
     (out / "report.md").write_text("\n".join(md))
-    print(f"report: {out / 'report.md'}")
+    (out / "summary.md").write_text(summary(arms, metrics, seed, baseline))
+    print(f"report: {out / 'report.md'}, {out / 'summary.md'}")
+
+
+SUMMARY = [("success.id", "ID success"), ("success.ood", "OOD success (mean of suites)"),
+           ("attention.in_mask", "attn in mask"), ("attention.chance", "chance"),
+           ("attention.centroid_error", "centroid err (cells)"),
+           ("intervention.sensitivity_ratio", "sensitivity ratio"),
+           ("probe.localization_acc", "probe: target"), ("probe.affordance_acc", "probe: contact"),
+           ("video.psnr", "PSNR (dB)"), ("latency.act_ms", "act() ms")]
+
+
+def summary(arms, metrics, seed, baseline):
+    """The README's tables: one row per arm (mean ± 95% CI over seeds), headline arms first, then
+    the ablations (arms named abl-*), then OOD success per suite and the paired differences."""
+    m = {r: {**x, "success.ood": sum(v for k, v in x.items() if k.startswith("success.")
+                                     and k != "success.id") / max(1, sum(
+                                         k.startswith("success.") and k != "success.id" for k in x))}
+         for r, x in metrics.items()}
+    suites = sorted({k for x in m.values() for k in x if k.startswith("success.")
+                     and k not in ("success.id", "success.ood")})
+
+    def table(names, cols):
+        md = ["| arm | seeds | teacher | " + " | ".join(c for _, c in cols) + " |",
+              "|---" * (len(cols) + 3) + "|"]
+        for a in names:
+            rs = arms[a]
+            cells = [mean_ci([m[r].get(k) for r in rs]) for k, _ in cols]
+            md.append(f"| {a} | {len(rs)} | {', '.join(sorted({str(m[r]['teacher']) for r in rs}))}"
+                      " | " + " | ".join(fmt(mu) + (f" ± {fmt(h)}" if n > 1 else "")
+                                         for mu, h, n in cells) + " |")
+        return md
+    head = [a for a in arms if not a.startswith("abl-")]
+    abl = [a for a in arms if a.startswith("abl-")]
+    md = ["Mean ± 95% t-interval over seeds (no interval with one seed).\n", *table(head, SUMMARY)]
+    if abl:
+        md += ["\nAblations (each one knob away from `agra`):\n", *table(abl, SUMMARY[:6])]
+    md += ["\nSuccess per suite:\n", *table(head + abl, [(k, k[8:]) for k in suites])]
+    base = {seed[r]: m[r] for r in arms.get(baseline, [])}
+    rows = []
+    for a in head[1:] + abl:
+        pairs = [(m[r], base[seed[r]]) for r in arms[a] if seed[r] in base]
+        cells = [mean_ci([x[k] - y[k] for x, y in pairs]) for k in ("success.id", "success.ood")]
+        rows.append(f"| {a} - {baseline} | {len(pairs)} | " + " | ".join(
+            f"{mu:+.3f} [{mu - h:+.3f}, {mu + h:+.3f}]" if n > 1 else f"{mu:+.3f}"
+            for mu, h, n in cells) + " |")
+    if rows:
+        md += [f"\nPaired per-seed difference to `{baseline}`, mean [95% CI]:\n",
+               "| arms | pairs | ID success | OOD success |", "|---|---|---|---|", *rows]
+    return "\n".join(md) + "\n"

@@ -80,5 +80,5 @@ echo "$(date -u +%FT%TZ) start: bash study.sh $*  (seeds: $seeds, $jobs jobs) on
   "$cores cores" | tee -a "$out/timing.txt"
 for ((k = 0; k < jobs; k++)); do worker "$k" & done
 wait
-$py eval.py runs/"$preset"-*/ --out "$out" >>"$log" 2>&1
+$py eval.py runs/"$preset"-*/ --out "$out" --readme README.md >>"$log" 2>&1
 echo "$(date -u +%FT%TZ) study finished: $out/report.md" | tee -a "$out/timing.txt"

@@ -220,3 +220,20 @@ def test_report_of_two_runs_has_the_arm_table(runs, tmp_path):
         assert text in md, f"report.md lacks {text!r}"
     for f in ["success.png", "attention.png", "training.png", "pca_agra.png", "pca_baseline.png"]:
         assert (tmp_path / f).is_file() and f"({f})" in md, f"{f} not written or not linked"
+
+
+def test_readme_block_is_filled_from_the_summary(runs, tmp_path):
+    """--readme replaces exactly the marked block with summary.md and keeps the text around it;
+    a file without the markers is an error that names them."""
+    readme = tmp_path / "README.md"
+    out = tmp_path / "rep"
+    readme.write_text(f"before\n<!-- results:{out} -->\nstale\n<!-- /results:{out} -->\nafter\n")
+    args = [str(runs / "tiny-baseline-s0"), str(runs / "tiny-agra-s0"), "--out", str(out), *SMALL]
+    ev.main([*args, "--readme", str(readme)])
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("before\n") and text.endswith("after\n"), text
+    assert (out / "summary.md").read_text() in text, "summary.md not pasted"
+    assert "| agra - baseline | 1 |" in text, "paired difference row missing"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="results:"):
+        ev.main([*args, "--readme", str(readme)])

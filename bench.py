@@ -191,7 +191,10 @@ def bench_train(cfg, device, ctx, reps, warmup):
     flops = flops_per_sample(base)
     print(f"train: {flops / 1e9:.3f} GFLOP per sample (analytic), peak {peak / 1e12:.2f} "
           f"TFLOP/s ({how})")
-    return {"train.samples_per_s": B / t["baseline"],
+    n_head = sum(p.numel() for p in base.action_head.parameters())
+    n_all = sum(p.numel() for p in base.parameters())
+    return {"train.params_video_M": (n_all - n_head) / 1e6, "train.params_head_M": n_head / 1e6,
+            "train.samples_per_s": B / t["baseline"],
             "train.mfu": flops * B / t["baseline"] / peak, "train.peak_flops": peak,
             "train.gflop_per_sample": flops / 1e9,
             "train.agra_over_baseline.oracle": t["oracle"] / t["baseline"],

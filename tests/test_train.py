@@ -158,3 +158,17 @@ def test_batch_order_is_a_function_of_the_step():
     idx = torch.cat([train.batch_indices(s, b, n, seed=3) for s in range(5)])  # 2 epochs
     assert sorted(idx[:10].tolist()) == list(range(10)), "first epoch is not a permutation"
     assert torch.equal(train.batch_indices(3, b, n, 3), idx[12:16])
+
+
+def test_torchrun_two_ranks_on_cpu(tmp_path):
+    """`torchrun --nproc_per_node=2 train.py` (DDP over gloo on CPU) trains, and rank 0 alone
+    writes the checkpoint with the same parameter names as a one-process run."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           str(ROOT / "train.py"), str(TINY), *run_args(tmp_path, "ddp", "train.steps=6")]
+    p = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    ckpt = torch.load(tmp_path / "runs" / "ddp" / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 6, f"checkpoint at step {ckpt['step']}, expected 6"
+    model = train.build_model(train.load_config(TINY))
+    assert set(ckpt["model"]) == set(model.state_dict()), "DDP-prefixed or missing parameter names"

@@ -220,7 +220,9 @@ class ViTTeacher(Frozen):
         x = (video.flatten(0, 1).float() + 1) / 2                  # (B*T, 3, H, W) in [0, 1]
         x = F.interpolate(x, size=(self.res, self.res), mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std                             # (B*T, 3, R, R)
-        tok = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]  # (B*T, g*g, Dt)
+        # bf16 autocast: 1.7x the fp32 speed on a CPU with avx512_bf16, and the cache is float16
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            tok = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:].float()  # B*T,g*g,Dt
         g = self.res // self.vit.patch_embed.patch_size[0]
         f = tok.transpose(1, 2).reshape(B * T, self.dim, g, g)     # (B*T, Dt, g, g)
         f = F.adaptive_avg_pool2d(f, self.grid) if g >= self.grid else \
@@ -343,7 +345,7 @@ def teacher_features(cfg, teacher, used_name, demos, chunk=256):
     E, L1, _, H, _ = demos["frames"].shape
     n, grid = E * L1, teacher.grid
     key = {"data": demos["hash"], "teacher": used_name, "identity": teacher.identity,
-           "grid": grid, "frame_res": H, "teacher_res": teacher.res}
+           "grid": grid, "frame_res": H, "teacher_res": teacher.res, "autocast": "bf16"}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cfg.data.cache_dir) / f"teacher_{digest}.pt"
     shape = (n, grid, grid, teacher.dim)

@@ -360,7 +360,7 @@ def teacher_features(cfg, teacher, used_name, demos, chunk=256):
         idx = torch.arange(s, min(s + chunk, n))                   # (n_chunk,)
         feats[idx] = teacher(demo_batch(demos, idx, device))[:, 0].half().cpu()  # (n_chunk,h,w,Dt)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # per process: two runs may build the same cache at once
     torch.save(feats, tmp)
     os.replace(tmp, path)  # atomic: a crash mid-save never leaves a truncated cache
     return feats

@@ -438,8 +438,9 @@ def make_demos(cfg):
         return torch.load(path, weights_only=True)
     demos = {**generate_demos(cfg.env, cfg.data, get_suite(cfg.suites, "id")), "hash": h}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(demos, f"{path}.tmp")
-    os.replace(f"{path}.tmp", path)  # atomic: a crash never leaves a truncated cache
+    tmp = f"{path}.{os.getpid()}.tmp"  # per process: two runs may build the same cache at once
+    torch.save(demos, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a truncated cache
     return demos
 
 

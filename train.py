@@ -261,6 +261,8 @@ def train(cfg):
     ckpt_path = out / "ckpt.pt"
 
     seed_everything(tc.seed)
+    if ddp and not master:
+        torch.distributed.barrier()  # rank 0 writes the demo and teacher caches, the others wait
     demos = make_demos(cfg)
     ds = Dataset(demos, cfg.data)
     teacher = cache = None
@@ -270,6 +272,8 @@ def train(cfg):
             cache = teacher_features(cfg, teacher, ac.teacher_used, demos) if ac.cache else None
     else:
         cfg.align.teacher_used = "none"
+    if ddp and master:
+        torch.distributed.barrier()  # caches written: the other ranks read them now
     torch.manual_seed(tc.seed)  # same initial weights for every arm of a seed
     model = build_model(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)

@@ -65,7 +65,7 @@ class EnvConfig:
     max_steps: int = 20              # episode length L (push: 30 when demos take random actions)
     max_speed: float = 0.08          # gripper displacement per step (world units) at |action| = 1
     max_distractors: int = 3         # distractor slots, K - 1; a suite draws 0..this many
-    gripper_radius: float = 0.05     # world units
+    gripper_radius: float = 0.08     # world units
     goal_size: float = 0.1           # half-side of the square goal region (world units)
     reach_tol: float = 0.015         # reach succeeds when the gripper-target gap is below this
     texture_contrast: float = 0.2    # table texture amplitude, a fraction of the table colour
@@ -117,9 +117,9 @@ class Suite:
     n_distractors: list = field(default_factory=lambda: [0, 2])
     distractor_colors: list = field(default_factory=lambda: list(TASK_COLORS))  # never the target's
     distractor_shapes: list = field(default_factory=lambda: ["square", "disc"])
-    distractor_size: list = field(default_factory=lambda: [0.05, 0.065])  # radius (world units)
+    distractor_size: list = field(default_factory=lambda: [0.09, 0.1])  # radius (world units)
     target_shapes: list = field(default_factory=lambda: ["square", "disc"])
-    target_size: list = field(default_factory=lambda: [0.05, 0.065])
+    target_size: list = field(default_factory=lambda: [0.09, 0.1])
     gripper_region: list = field(default_factory=lambda: [[0.1, 0.1, 0.9, 0.9]])
     target_region: list = field(default_factory=lambda: copy.deepcopy(RING))  # centre held out
     goal_region: list = field(default_factory=lambda: copy.deepcopy(PLUS))    # corners held out

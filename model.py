@@ -203,9 +203,15 @@ class FinalLayer(nn.Module):
 
 class ActionHead(nn.Module):
     """The action DiT: Ha noisy-action tokens conditioned on action timestep + task; block j
-    cross-attends to video layer layers[j] through bridge[j]; outputs the action velocity."""
+    cross-attends to video layer layers[j] through bridge[j]; outputs the action velocity.
 
-    def __init__(self, mcfg, layers, horizon, n_tasks, action_dim):
+    Three choices make the head read the video from the first steps instead of after a long plateau
+    (measured on a head-only probe, README "Design notes"): the task and timestep embedding is added
+    to the action tokens, not only used by adaLN, so the queries depend on the task at init; the
+    cross-attention's gate starts at 1, not 0; the bridged video tokens get a fixed sin-cos code of
+    their grid cell and frame, so where a token is stays readable whatever the video layer did."""
+
+    def __init__(self, mcfg, layers, horizon, n_tasks, action_dim, grid, n_frames):
         super().__init__()
         D, Dh, r, impl = mcfg.width, mcfg.head_width, mcfg.mlp_ratio, mcfg.attn
         self.layers = list(layers)  # 1-based video layer read by each block
@@ -214,6 +220,8 @@ class ActionHead(nn.Module):
         self.t_embedder = TimestepEmbedder(Dh)
         self.y_embedder = nn.Embedding(n_tasks, Dh)
         self.bridge = nn.ModuleList(nn.Sequential(nn.Linear(D, Dh), nn.LayerNorm(Dh)) for _ in layers)
+        kv_pos = sincos_2d(Dh, grid, grid)[None] + sincos_1d(Dh, torch.arange(n_frames))[:, None]
+        self.register_buffer("kv_pos", kv_pos.flatten(0, 1)[None], persistent=False)  # (1, T*N, Dh)
         self.blocks = nn.ModuleList(ActionBlock(Dh, mcfg.head_heads, r, impl) for _ in layers)
         self.final_layer = FinalLayer(Dh, action_dim)
 
@@ -223,13 +231,13 @@ class ActionHead(nn.Module):
         missing = [layer for layer in self.layers if layer not in hidden]
         if missing:
             raise KeyError(f"hidden has layers {sorted(hidden)}; the action head reads {self.layers}")
-        return [block.cross_attn.keys_values(bridge(hidden[layer]))  # (B, heads, T*N, d) x 2
+        return [block.cross_attn.keys_values(bridge(hidden[layer]) + self.kv_pos)  # (B,heads,T*N,d) x2
                 for block, bridge, layer in zip(self.blocks, self.bridge, self.layers)]
 
     def forward(self, x, t, task, kvs, return_attn=False):
         """x (B, Ha, A) noisy actions, t (B,) -> velocity (B, Ha, A), maps [(B, heads, Ha, T*N)]."""
         c = (self.t_embedder(t) + self.y_embedder(task)).unsqueeze(1)  # (B, 1, Dh)
-        x = self.x_embedder(x) + self.pos_embed  # (B, Ha, Dh)
+        x = self.x_embedder(x) + self.pos_embed + c  # (B, Ha, Dh): the queries know the task
         maps = []
         for block, kv in zip(self.blocks, kvs):
             x, probs = block(x, c, kv, return_attn)  # (B, Ha, Dh), (B, heads, Ha, T*N) or None
@@ -280,7 +288,8 @@ class WAM(nn.Module):
                 raise ValueError(f"bridge 'single' reads layer {layer} (bridge_layer="
                                  f"{mcfg.bridge_layer}, align_layer={align_layer}); need 1..{depth}")
             layers = [layer] * mcfg.head_depth
-        self.action_head = ActionHead(mcfg, layers, horizon, n_tasks, action_dim)
+        self.action_head = ActionHead(mcfg, layers, horizon, n_tasks, action_dim, self.grid,
+                                      n_ctx + n_future)
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -294,8 +303,8 @@ class WAM(nn.Module):
         nn.init.zeros_(self.x_embedder.bias)
         head = self.action_head
         nn.init.normal_(head.pos_embed, std=0.02)
-        for embedder in (self.y_embedder, head.y_embedder):
-            nn.init.normal_(embedder.weight, std=0.02)
+        nn.init.normal_(self.y_embedder.weight, std=0.02)
+        nn.init.normal_(head.y_embedder.weight, std=1.0)  # the task is part of the action tokens
         for embedder in (self.t_embedder, head.t_embedder):
             nn.init.normal_(embedder.mlp[0].weight, std=0.02)
             nn.init.normal_(embedder.mlp[2].weight, std=0.02)
@@ -305,6 +314,8 @@ class WAM(nn.Module):
         for layer in zeroed + [final.linear for final in finals]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        for block in head.blocks:  # ... except the cross-attention gate (chunk 5 of 9), open at 1
+            block.adaLN_modulation[-1].bias.data.view(9, -1)[5] = 1.0
 
     def bridge_layers(self):
         return list(self.action_head.layers)

@@ -59,15 +59,19 @@ def test_sdpa_and_math_attention_agree_bf16_cuda():
                                atol=2e-2, rtol=2e-2, msg="sdpa != math in bf16 beyond 2e-2")
 
 
-def test_adaln_zero_blocks_are_identity_at_init():
-    """A freshly initialised video block and action block return their input, for any conditioning."""
+def test_adaln_zero_blocks_at_init():
+    """At init a video block returns its input, and an action block adds only its cross-attention
+    (self-attention and MLP gated shut, the cross-attention gate open at 1), for any conditioning."""
     model = make_model()
     x, c = torch.randn(2, 2 * 16, 32), 10 * torch.randn(2, 2, 32)  # (B, T*N, D), (B, T, D)
     torch.testing.assert_close(model.blocks[0](x, c), x, msg="video block is not the identity")
     a, ca, ctx = torch.randn(2, HA, 32), torch.randn(2, 1, 32), torch.randn(2, N_TOKENS, 32)
     block = model.action_head.blocks[0]
-    out, _ = block(a, ca, block.cross_attn.keys_values(ctx))
-    torch.testing.assert_close(out, a, msg="action block is not the identity")
+    kv = block.cross_attn.keys_values(ctx)
+    out, _ = block(a, ca, kv)
+    cross, _ = block.cross_attn(block.norm2(a), kv)  # (2, HA, 32)
+    assert cross.abs().mean() > 1e-3, "cross-attention output is ~0: the test would prove nothing"
+    torch.testing.assert_close(out, a + cross, msg="action block at init is not x + cross-attention")
 
 
 def test_rectified_flow_pair_by_hand():

@@ -45,7 +45,8 @@ def test_tiny_preset_trains_from_the_command_line(tmp_path):
     assert list((run / "samples").glob("*.gif")), "no imagined-future GIF written"
     r = rows(run)
     for key in ["video", "action"]:
-        first, last = float(r[0][key]), min(float(x[key]) for x in r[-3:])
+        first = sum(float(x[key]) for x in r[:3]) / 3  # batch-16 losses are noisy: mean of 3 rows
+        last = min(float(x[key]) for x in r[-3:])
         assert last < 0.8 * first, f"{key} loss did not fall: {first:.4f} -> {last:.4f}"
 
 

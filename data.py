@@ -38,11 +38,12 @@ BACKGROUND, GRIPPER, GOAL, TARGET = 0, 1, 2, 3  # mask ids; block k >= 1 (distra
 GRIPPER_RGB, GOAL_RGB = [0.10, 0.10, 0.12], [0.90, 0.90, 0.84]
 LEVELS, STENCIL = 17, 32  # texture grey levels (the middle one = plain); shape stencil side
 GEN_FIELDS = ["n_episodes", "seed", "expert_noise", "random_action_frac", "gen_batch"]
+RING = [[0.2, 0.2, 0.8, 0.38], [0.2, 0.62, 0.8, 0.8], [0.2, 0.38, 0.38, 0.62],
+        [0.62, 0.38, 0.8, 0.62]]  # id target region
+PLUS = [[0.35, 0.15, 0.65, 0.85], [0.15, 0.35, 0.35, 0.65], [0.65, 0.35, 0.85, 0.65]]  # id goals
 
-# -----------------------------------------------------------------------------
-# config
 
-
+# ---- config -----------------------------------------------------------------
 def _need(ok, msg):
     if not ok:
         raise ValueError(msg)
@@ -100,10 +101,6 @@ class DataConfig:
               f"expert_noise = {self.expert_noise} (>= 0)")
 
 
-RING = [[0.2, 0.2, 0.8, 0.38], [0.2, 0.62, 0.8, 0.8], [0.2, 0.38, 0.38, 0.62], [0.62, 0.38, 0.8, 0.62]]
-PLUS = [[0.35, 0.15, 0.65, 0.85], [0.15, 0.35, 0.35, 0.65], [0.65, 0.35, 0.85, 0.65]]
-
-
 @dataclass
 class Suite:
     """What reset() draws worlds from; the defaults are the `id` suite. Ranges are [lo, hi];
@@ -159,18 +156,15 @@ def get_suite(suites, name):
     if name not in suites or "id" not in suites:
         raise KeyError(f"unknown suite {name!r} (or no 'id' suite); defined: {sorted(suites)}")
     valid = [f.name for f in fields(Suite)]
-    for part in ("id", name):
-        for key in suites[part]:
-            if key not in valid:
-                near = difflib.get_close_matches(key, valid, n=1)
-                hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {valid}"
-                raise KeyError(f"unknown key {key!r} in suite {part!r}; {hint}")
+    for part, key in [(p, k) for p in ("id", name) for k in suites[p]]:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {valid}"
+            raise KeyError(f"unknown key {key!r} in suite {part!r}; {hint}")
     return Suite(**{**suites["id"], **suites[name]})
 
-# -----------------------------------------------------------------------------
-# the world: reset, step, success, expert
 
-
+# ---- the world: reset, step, success, expert --------------------------------
 def _in_boxes(gen, boxes, n):
     """(n, 2) points uniform over a union of boxes [x0, y0, x1, y1]."""
     bx = torch.tensor(boxes, device=gen.device)                                # (nb, 4)
@@ -213,12 +207,13 @@ def reset(env, suite, task, gen):
     present = torch.arange(K, device=dev) <= n[:, None]                          # (B, K)
     goal = _in_boxes(gen, suite.goal_region, B)                                  # (B, 2)
     # rejection sampling, one entity at a time, each clear of those placed before it
-    target = _sample_clear(gen, suite.target_region, goal[:, None], 1.5 * env.goal_size + size[:, :1])
+    target = _sample_clear(gen, suite.target_region, goal[:, None],
+                           1.5 * env.goal_size + size[:, :1])                  # (B, 2)
     gripper = _sample_clear(gen, suite.gripper_region, target[:, None], r + size[:, :1] + 0.1)
     placed = [gripper, target]                                                   # (B, 2) each
     for k in range(1, K):
-        gap = torch.cat([r + size[:, k:k + 1], size[:, :k] + size[:, k:k + 1]], 1) + 0.02  # (B, k+1)
-        gap = gap * torch.cat([present[:, :1], present[:, :k]], 1)              # absent: no gap
+        gap = torch.cat([r + size[:, k:k + 1], size[:, :k] + size[:, k:k + 1]], 1) + 0.02
+        gap = gap * torch.cat([present[:, :1], present[:, :k]], 1)  # (B, k+1) absent: no gap
         placed.append(_sample_clear(gen, suite.distractor_region, torch.stack(placed, 1), gap))
     state = {"gripper": gripper, "blocks": torch.stack(placed[1:], 1), "size": size,  # (B, K, 2)
              "present": present, "goal": goal, "task": task}
@@ -243,24 +238,23 @@ def reset(env, suite, task, gen):
     return state, app
 
 
-def _push_out(d, reach, on):
-    """Displacement (..., 2) along d (..., 2) that takes a pair from distance |d| out to `reach`."""
-    dist = d.norm(dim=-1)                                                      # (...)
-    depth = (reach - dist).clamp_min(0) * on                                   # (...)
-    return d / dist.clamp_min(1e-9)[..., None] * depth[..., None]             # (..., 2)
-
-
 def _resolve(env, state, iters=4):
     """Kinematic contacts: the gripper pushes blocks out along the contact normal, blocks push each
     other (half each), blocks stay on the table; a block pinned by the edge stops the gripper."""
     g, b, s, p = state["gripper"], state["blocks"], state["size"], state["present"]
     r, K = env.gripper_radius, s.shape[1]
-    pair = p[:, :, None] & p[:, None] & ~torch.eye(K, dtype=torch.bool, device=p.device)  # (B, K, K)
+    pair = p[:, :, None] & p[:, None] & ~torch.eye(K, dtype=torch.bool, device=p.device)  # (B,K,K)
+
+    def push_out(d, reach, on):  # displacement along d (..., 2): from distance |d| out to `reach`
+        dist = d.norm(dim=-1)                                                  # (...)
+        depth = (reach - dist).clamp_min(0) * on                               # (...)
+        return d / dist.clamp_min(1e-9)[..., None] * depth[..., None]          # (..., 2)
+
     for _ in range(iters):
-        b = b + _push_out(b - g[:, None], r + s, p)                            # (B, K, 2)
-        b = b + 0.5 * _push_out(b[:, :, None] - b[:, None], s[:, :, None] + s[:, None], pair).sum(2)
+        b = b + push_out(b - g[:, None], r + s, p)                             # (B, K, 2)
+        b = b + 0.5 * push_out(b[:, :, None] - b[:, None], s[:, :, None] + s[:, None], pair).sum(2)
         b = torch.maximum(torch.minimum(b, 1 - s[..., None]), s[..., None])    # (B, K, 2)
-    g = (g - _push_out(b - g[:, None], r + s, p).sum(1)).clamp(r, 1 - r)      # (B, 2)
+    g = (g - push_out(b - g[:, None], r + s, p).sum(1)).clamp(r, 1 - r)       # (B, 2)
     return g, b
 
 
@@ -273,13 +267,14 @@ def step(env, state, action):
         bad = (~torch.isfinite(action)).any(1).nonzero()[:, 0].tolist()
         raise ValueError(f"action has NaN/inf in worlds {bad}; expected finite values in [-1, 1]")
     r, g = env.gripper_radius, state["gripper"]
-    new = {**state, "gripper": (g + action.to(g.dtype).clamp(-1, 1) * env.max_speed).clamp(r, 1 - r)}
+    g = (g + action.to(g.dtype).clamp(-1, 1) * env.max_speed).clamp(r, 1 - r)    # (B, 2)
+    new = {**state, "gripper": g}
     new["gripper"], new["blocks"] = _resolve(env, new)
     return new
 
 
 def success(env, state):
-    """(B,) bool: the gripper touches the target (reach); the target centre is in the goal (push)."""
+    """(B,) bool: the gripper touching the target (reach); the target centre in the goal (push)."""
     T, s = state["blocks"][:, 0], state["size"][:, 0]                          # (B, 2), (B,)
     if env.task == "reach":
         return (state["gripper"] - T).norm(dim=-1) <= env.gripper_radius + s + env.reach_tol
@@ -304,17 +299,18 @@ def expert(env, state):
         want = T + rel / dist.clamp_min(1e-6) * R                             # touch, don't shove
     elif env.task == "push":
         gd = (G - T).norm(dim=-1, keepdim=True)                               # (B, 1)
-        d = (G - T) / gd.clamp_min(1e-6)                                      # (B, 2) push direction
+        d = (G - T) / gd.clamp_min(1e-6)                                      # (B, 2) push dir
         behind = T - d * (R + 0.02)                                           # (B, 2) start of push
         shove = T - d * (R - gd.clamp(max=env.max_speed))                     # moves target 1 step
         phi = torch.atan2(rel[:, 1], rel[:, 0])                               # (B,) gripper angle
         gap = torch.atan2(-d[:, 1], -d[:, 0]) - phi                           # (B,) angle to behind
         gap = torch.remainder(gap + math.pi, 2 * math.pi) - math.pi           # (B,) in [-pi, pi)
-        orbit_r = R + 0.03                                                    # (B, 1) clear of target
+        orbit_r = R + 0.03                                                    # (B, 1) clears target
         ang = phi + gap.sign() * gap.abs().clamp(max=1.2 * env.max_speed / orbit_r[:, 0])  # (B,)
         orbit = T + orbit_r * torch.stack([ang.cos(), ang.sin()], -1)         # (B, 2)
         seg = behind - g                                                      # (B, 2)
-        t = ((T - g) * seg).sum(-1, keepdim=True) / (seg * seg).sum(-1, keepdim=True).clamp_min(1e-9)
+        t = ((T - g) * seg).sum(-1, keepdim=True)                             # (B, 1)
+        t = t / (seg * seg).sum(-1, keepdim=True).clamp_min(1e-9)             # (B, 1) along seg
         clear = (g + t.clamp(0, 1) * seg - T).norm(dim=-1, keepdim=True) > R + 0.015  # (B, 1)
         aligned = gap.abs()[:, None] < 0.35                                   # (B, 1) behind it
         want = torch.where(aligned | clear, behind, orbit)                    # (B, 2) get behind
@@ -335,29 +331,29 @@ def unnormalize_actions(action, env):
     """Action in [-1, 1] -> gripper displacement per step (world units)."""
     return action * env.max_speed
 
-# -----------------------------------------------------------------------------
-# rendering
 
-
+# ---- rendering --------------------------------------------------------------
 @cache
 def _stencils(device):
-    """(S, STENCIL+1, STENCIL+1) bool: each shape on [-1, 1]^2 (the unit disc is the physics body);
-    the last row and column stay empty: pixels outside a patch look there."""
-    c = (torch.arange(STENCIL) + 0.5) / STENCIL * 2 - 1                        # (S,) cell centres
+    """(n_shapes, S+1, S+1) bool, S = STENCIL: each shape on [-1, 1]^2 (the unit disc is the
+    physics body); the last row and column stay empty: pixels outside a patch look there."""
+    S = STENCIL
+    c = (torch.arange(S) + 0.5) / S * 2 - 1                                    # (S,) cell centres
     v, u = torch.meshgrid(c, c, indexing="ij")                                 # (S, S) each
     rad, box = (u * u + v * v).sqrt(), torch.maximum(u.abs(), v.abs())         # (S, S) each
     drawn = {"square": box <= 0.9, "disc": rad <= 1, "diamond": u.abs() + v.abs() <= 1,
-             "triangle": (v <= 0.7) & (u.abs() <= (v + 1) * 0.58), "ring": (rad <= 1) & (rad >= 0.55),
+             "triangle": (v <= 0.7) & (u.abs() <= (v + 1) * 0.58),
+             "ring": (rad <= 1) & (rad >= 0.55),
              "cross": ((u.abs() <= 0.33) | (v.abs() <= 0.33)) & (box <= 0.95)}
-    out = torch.zeros(len(SHAPES), STENCIL + 1, STENCIL + 1, dtype=torch.bool)  # (n_shapes, S+1, S+1)
-    out[:, :STENCIL, :STENCIL] = torch.stack([drawn[s] for s in SHAPES])
+    out = torch.zeros(len(SHAPES), S + 1, S + 1, dtype=torch.bool)          # (n_shapes, S+1, S+1)
+    out[:, :S, :S] = torch.stack([drawn[s] for s in SHAPES])
     return out.to(device)
 
 
 @cache
 def _textures(res, device):
     """(n_textures, H*W) long grey levels 0..LEVELS-1 of each table texture, in world units."""
-    c = (torch.arange(res) + 0.5) / res                                        # (res,) pixel centres
+    c = (torch.arange(res) + 0.5) / res                                       # (res,) pixel centres
     y, x = torch.meshgrid(c, c, indexing="ij")                                 # (H, W) each
     lattice = torch.rand(1, 1, 9, 9, generator=torch.Generator().manual_seed(0)) * 2 - 1  # fixed
     grid = torch.stack([x, y], -1)[None] * 2 - 1                               # (1, H, W, 2)
@@ -374,9 +370,9 @@ def _textures(res, device):
 def _cover(res, center, half, shape, vis):
     """Flat pixel ids (into B*H*W) that one entity covers in each world, shape (n,)."""
     P = math.ceil(2 * float(half.max()) * res) + 2                             # patch side (pixels)
-    lo = ((center - half[:, None]) * res).floor().long()                       # (B, 2) first col, row
-    pix = lo[:, :, None] + torch.arange(P, device=center.device)               # (B, 2, P) cols, rows
-    u = ((pix + 0.5) / res - center[:, :, None]) / half[:, None, None]         # (B, 2, P) body coords
+    lo = ((center - half[:, None]) * res).floor().long()                       # (B, 2) col, row
+    pix = lo[:, :, None] + torch.arange(P, device=center.device)              # (B, 2, P) cols, rows
+    u = ((pix + 0.5) / res - center[:, :, None]) / half[:, None, None]         # (B, 2, P) body
     k = ((u + 1) * (STENCIL / 2)).floor().long()                               # (B, 2, P) cells
     k = torch.where((k >= 0) & (k < STENCIL) & (pix >= 0) & (pix < res), k, STENCIL)  # (B, 2, P)
     cell = (shape[:, None, None] * (STENCIL + 1) + k[:, 1, :, None]) * (STENCIL + 1) + k[:, 0, None]
@@ -390,7 +386,7 @@ def _cover(res, center, half, shape, vis):
 def render(env, state, app):
     """Draw states under appearances: frames (B, 3, H, W) uint8, masks (B, H, W) uint8 entity ids.
     Back to front: table, goal, distractors, target, gripper. Entity pixels are coloured from the
-    final mask, so pixels and masks always agree. Lighting (brightness, tint) scales every colour."""
+    final mask, so pixels and masks always agree. Lighting (brightness, tint) scales all colours."""
     s, res, dev = state["size"], env.res, state["size"].device
     B, K, HW = *s.shape, env.res * env.res
     light = app["brightness"][:, None, None] * (1 + app["tint"][:, None])     # (B, 1, 3)
@@ -403,14 +399,15 @@ def render(env, state, app):
         w = (app["texture"] == t).nonzero()[:, 0]                              # (n_t,)
         lut = table[w].transpose(1, 2)                                         # (n_t, 3, LEVELS)
         frames[w] = torch.gather(lut, 2, levels[t].expand(len(w), 3, HW))      # (n_t, 3, H*W)
-    palette = torch.tensor([[0, 0, 0], GRIPPER_RGB, GOAL_RGB, *PALETTE.values()], device=dev)  # (.., 3)
-    rgb = torch.cat([palette[:3].expand(B, 3, 3), palette[3 + app["color"]]], 1)  # (B, 3+K, 3) by id
-    rgb = (rgb * light).clamp(0, 1).mul(255).round().to(torch.uint8)           # (B, 3+K, 3)
+    palette = torch.tensor([[0, 0, 0], GRIPPER_RGB, GOAL_RGB, *PALETTE.values()],
+                           device=dev)                                         # (3+colours, 3)
+    rgb = torch.cat([palette[:3].expand(B, 3, 3), palette[3 + app["color"]]], 1)  # (B, 3+K, 3)
+    rgb = (rgb * light).clamp(0, 1).mul(255).round().to(torch.uint8)           # (B, 3+K, 3) by id
     masks = torch.zeros(B * HW, dtype=torch.uint8, device=dev)                 # (B*H*W,)
     one = torch.ones(B, dtype=torch.long, device=dev)                          # (B,)
     ents = [(GOAL, state["goal"], env.goal_size / 0.9, one * SHAPES.index("square"), one > 0)]
-    ents += [(TARGET + k, state["blocks"][:, k], s[:, k], app["shape"][:, k], state["present"][:, k])
-             for k in [*range(1, K), 0]]
+    ents += [(TARGET + k, state["blocks"][:, k], s[:, k], app["shape"][:, k],
+              state["present"][:, k]) for k in [*range(1, K), 0]]  # the target over distractors
     ents += [(GRIPPER, state["gripper"], env.gripper_radius, one * SHAPES.index("disc"), one > 0)]
     covered = []
     for eid, center, half, shape, vis in ents:
@@ -420,13 +417,11 @@ def render(env, state, app):
     w = q // HW                                                                # (n,) their worlds
     col = rgb.view(-1, 3).index_select(0, w * (3 + K) + masks[q])              # (n, 3) final colour
     for c in range(3):
-        frames.view(-1).index_put_((q + w * 2 * HW + c * HW,), col[:, c])      # w*3HW + c*HW + pixel
+        frames.view(-1).index_put_((q + w * 2 * HW + c * HW,), col[:, c])      # w*3HW + c*HW + pix
     return frames.view(B, 3, res, res), masks.view(B, res, res)
 
-# -----------------------------------------------------------------------------
-# demonstrations and the Dataset
 
-
+# ---- demonstrations and the Dataset -----------------------------------------
 def make_demos(cfg):
     """Expert demonstrations (see generate_demos) plus "hash", cached in cache_dir/demos-<hash>.pt,
     keyed by env, the generation fields of data and the id suite."""
@@ -469,7 +464,7 @@ def generate_demos(env, data, suite):
         for key, v in [*app.items(), *[(k, state[k]) for k in ("goal", "size", "present")]]:
             put(key, sl, v)
         for t in range(L + 1):
-            frames, masks = render(env, state, app)                           # (n, 3, H, W), (n, H, W)
+            frames, masks = render(env, state, app)                  # (n, 3, H, W), (n, H, W)
             for key, v in [("frames", frames), ("masks", masks), ("gripper", state["gripper"]),
                            ("blocks", state["blocks"])]:
                 put(key, (sl, t), v, per_step=True)
@@ -499,7 +494,8 @@ class Dataset(torch.utils.data.Dataset):
     def __init__(self, demos, data):
         self.demos, self.data, self.L = demos, data, demos["actions"].shape[1]
         self.per_ep = self.L - data.horizon + 1
-        _need(self.per_ep >= 1, f"data.horizon = {data.horizon} exceeds the episode length {self.L}")
+        _need(self.per_ep >= 1,
+              f"data.horizon = {data.horizon} exceeds the episode length {self.L}")
         self.frames = demos["frames"].flatten(0, 1)                            # (E*(L+1), 3, H, W)
         self.masks = demos["masks"].flatten(0, 1)                              # (E*(L+1), H, W)
         self.actions = demos["actions"].flatten(0, 1)                          # (E*L, 2)
@@ -519,34 +515,32 @@ class Dataset(torch.utils.data.Dataset):
         e, t = idx // self.per_ep, idx % self.per_ep                           # (B,) each
         frame_index = e[:, None] * (self.L + 1) + (t[:, None] + self.offsets).clamp(0, self.L)
         act = e[:, None] * self.L + t[:, None] + torch.arange(self.data.horizon)  # (B, Ha)
-        return {"video": self.frames[frame_index].float() / 127.5 - 1,       # (B, T, 3, H, W) [-1, 1]
-                "actions": self.actions[act].float(),                        # (B, Ha, 2) in [-1, 1]
-                "task": self.demos["task"][e],                               # (B,) long
-                "masks": self.masks[frame_index],                            # (B, T, H, W) uint8 ids
-                "color": self.demos["color"][e],                             # (B, K) long
-                "shape": self.demos["shape"][e],                             # (B, K) long
-                "frame_index": frame_index}                                  # (B, T) long
-
-# -----------------------------------------------------------------------------
-# python data.py [config.yaml] [section.key=value ...]: look at the world
+        return {"video": self.frames[frame_index].float() / 127.5 - 1,  # (B, T, 3, H, W) in [-1, 1]
+                "actions": self.actions[act].float(),                   # (B, Ha, 2) in [-1, 1]
+                "task": self.demos["task"][e],                          # (B,) long
+                "masks": self.masks[frame_index],                       # (B, T, H, W) uint8 ids
+                "color": self.demos["color"][e],                        # (B, K) long
+                "shape": self.demos["shape"][e],                        # (B, K) long
+                "frame_index": frame_index}                             # (B, T) long
 
 
+# ---- python data.py [config.yaml] [section.key=value ...]: look at the world -
 def main(argv):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no display backend to pick
     from PIL import Image
 
     from train import load_config  # here, not at the top: train.py imports this file
     cfg = load_config(argv[0] if argv else "config.yaml", argv[1:])
-    env, n, out = cfg.env, 8, Path(cfg.data.cache_dir) / "preview"
+    env, out, seed = cfg.env, Path(cfg.data.cache_dir) / "preview", cfg.data.seed
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(len(cfg.suites), 1, figsize=(n * 1.2, len(cfg.suites) * 1.3),
-                             squeeze=False)
-    for ax, name in zip(axes[:, 0], cfg.suites):
-        gen = torch.Generator().manual_seed(cfg.data.seed)
+
+    def worlds(name, n):  # n worlds of suite `name`, the tasks cycling over the colours
         task = torch.tensor(task_ids(env)).repeat(n // 4 + 1)[:n]            # (n,)
-        frames, _ = render(env, *reset(env, get_suite(cfg.suites, name), task, gen))  # (n, 3, H, W)
+        return reset(env, get_suite(cfg.suites, name), task, torch.Generator().manual_seed(seed))
+
+    n, fig = 8, Figure(figsize=(8 * 1.2, len(cfg.suites) * 1.3))  # n worlds per suite
+    for ax, name in zip(fig.subplots(len(cfg.suites), 1, squeeze=False)[:, 0], cfg.suites):
+        frames, _ = render(env, *worlds(name, n))                            # (n, 3, H, W)
         strip = frames.permute(2, 0, 3, 1).reshape(env.res, n * env.res, 3)   # (H, n*W, 3)
         ax.imshow(strip.numpy(), interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([]), ax.set_ylabel(name, rotation=0, ha="right")
@@ -554,8 +548,8 @@ def main(argv):
     print(out / "suites.png")
     clean = replace(cfg.data, n_episodes=len(TASK_COLORS), expert_noise=0.0, random_action_frac=0.0)
     demos = generate_demos(env, clean, get_suite(cfg.suites, "id"))          # one episode per task
+    side = env.res * max(1, 256 // env.res)
     for e, frames in enumerate(demos["frames"]):                             # (L+1, 3, H, W)
-        side = env.res * max(1, 256 // env.res)
         imgs = [Image.fromarray(f.permute(1, 2, 0).numpy()).resize((side, side), 0) for f in frames]
         path = out / f"episode-{task_names(env)[int(demos['task'][e])]}.gif"
         imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=150, loop=0)
@@ -563,9 +557,7 @@ def main(argv):
     n = 500  # episodes per suite: standard error under 1 point near 100%
     print(f"expert success, {n} episodes of {env.max_steps} steps, task {env.task}:")
     for name in cfg.suites:
-        gen = torch.Generator().manual_seed(cfg.data.seed)
-        task = torch.tensor(task_ids(env)).repeat(n // 4)                    # (n,)
-        state, _ = reset(env, get_suite(cfg.suites, name), task, gen)
+        state, _ = worlds(name, n)
         done = success(env, state)                                           # (n,) bool
         for _ in range(env.max_steps):
             state = step(env, state, expert(env, state))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from data import PALETTE, SHAPES
+from world import PALETTE, SHAPES
 
 TEACHERS = ["oracle", "oracle_task", "dinov2", "random", "shuffled"]
 SEED = 1234  # fixes the oracle lift, the shuffles and the random ViT across runs
@@ -165,7 +165,7 @@ class OracleTeacher(Frozen):
         color, shape = batch["color"].to(eye.device), batch["shape"].to(eye.device)  # (B, K)
         if ((color < 0) | (color >= self.n_colors) | (shape < 0) | (shape >= self.n_shapes)).any():
             raise ValueError(f"colour ids {color.unique().tolist()}, shape ids "
-                             f"{shape.unique().tolist()}: not ids of data.PALETTE / data.SHAPES")
+                             f"{shape.unique().tolist()}: not ids of world.PALETTE / world.SHAPES")
         c = eye[3 + color]                                         # (B, K, kinds) colour one-hot
         s = eye[3 + self.n_colors + shape]                         # (B, K, kinds) shape one-hot
         return torch.cat([eye[:3].expand(B, -1, -1), 0.5 * c + 0.5 * s], 1)  # (B, 3 + K, kinds)

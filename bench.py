@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from align import OracleTeacher, agra_loss, build_projector, build_vit, teacher_batch
-from data import PALETTE, SHAPES, expert, get_suite, render, reset, step, task_ids
 from model import attention
 from train import build_model, load_config
+from world import PALETTE, SHAPES, expert, get_suite, render, reset, step, task_ids
 
 GOALS = {  # figure prefix -> (goal on the 2-core CPU, goal on one H100)
     "env.steps_per_s": (">= 20000", "report"), "attention.sdpa_over_math": (">= 1.3", ">= 2"),

@@ -38,6 +38,7 @@ from tqdm import tqdm
 import align
 import data
 import plots
+import world
 
 IRRELEVANT = ["background", "distractor_color", "distractor_move"]  # pixel edits; target_move matters
 HIDDEN_OPS = ["mean", "zeros", "shuffle", "swap"]  # on the region's tokens, then the rest's
@@ -145,21 +146,21 @@ def success_rate(model, cfg, suite, episodes, device):
         raise ValueError(f"eval.replan={ec.replan}; expected 0 (whole chunk) or 1..{dc.horizon}")
     gen = torch.Generator().manual_seed(ec.seed)  # same tasks and layouts for every suite and run
     torch.manual_seed(ec.seed)  # action noise
-    wins, tasks = 0, torch.tensor(data.task_ids(env))  # env.task's family
+    wins, tasks = 0, torch.tensor(world.task_ids(env))  # env.task's family
     for start in range(0, episodes, ec.batch_size):
         B = min(ec.batch_size, episodes - start)
         task = tasks[torch.randint(len(tasks), (B,), generator=gen)]            # (B,)
-        state, app = data.reset(env, data.get_suite(cfg.suites, suite), task, gen)
-        hist = [data.render(env, state, app)[0]]                                # [(B, 3, H, W)]
+        state, app = world.reset(env, world.get_suite(cfg.suites, suite), task, gen)
+        hist = [world.render(env, state, app)[0]]                                # [(B, 3, H, W)]
         done = torch.zeros(B, dtype=torch.bool)                                 # (B,)
         for t in range(env.max_steps):
             if t % replan == 0:
                 ctx = torch.stack([hist[i] for i in context_times(t, dc.n_ctx, dc.stride)], 1)
                 chunk = model.act((ctx.float() / 127.5 - 1).to(device), task.to(device),  # (B, Ha, A)
                                   ec.act_steps or None).cpu()
-            state = data.step(env, state, chunk[:, t % replan])
-            done |= data.success(env, state)
-            hist.append(data.render(env, state, app)[0])
+            state = world.step(env, state, chunk[:, t % replan])
+            done |= world.success(env, state)
+            hist.append(world.render(env, state, app)[0])
         wins += done.sum().item()
     return wins / episodes
 
@@ -200,7 +201,7 @@ def attention_part(model, cfg, held, device, out):
     noise = noise_like(cfg, len(task), ec.seed, device)                         # (B, Ha, A)
     _, maps = model.sample_actions(hidden, task, ec.act_steps or cfg.model.act_steps, noise, True)
     maps = [a.float().mean((1, 2)).cpu() for a in maps]  # per block (B, T*N): heads, actions avg
-    region = region_tokens(batch["masks"], data.interaction_ids(cfg.env), cfg.model.patch)
+    region = region_tokens(batch["masks"], world.interaction_ids(cfg.env), cfg.model.patch)
     m = {f"attention.{k}": v for k, v in attention_stats(sum(maps) / len(maps), region, g).items()}
     for j, a in enumerate(maps):
         s = attention_stats(a, region, g)
@@ -226,18 +227,18 @@ def intervention_part(model, cfg, held, device, out):
     """Action change (same noise) under pixel edits of fresh id episodes and token edits of the
     interface on held-out windows."""
     env, ec, dc = cfg.env, cfg.eval, cfg.data
-    B, ids, steps = ec.intervention_samples, data.interaction_ids(env), ec.act_steps or None
+    B, ids, steps = ec.intervention_samples, world.interaction_ids(env), ec.act_steps or None
     gen = torch.Generator().manual_seed(ec.seed + 1)
-    task = torch.tensor(data.task_ids(env))[torch.randint(4, (B,), generator=gen)]  # (B,)
-    state, app = data.reset(env, data.get_suite(cfg.suites, "id"), task, gen)
+    task = torch.tensor(world.task_ids(env))[torch.randint(4, (B,), generator=gen)]  # (B,)
+    state, app = world.reset(env, world.get_suite(cfg.suites, "id"), task, gen)
     hist = [state]
     for _ in range((dc.n_ctx - 1) * dc.stride):  # an expert history as long as the context needs
-        hist.append(data.step(env, hist[-1], data.expert(env, hist[-1])))
+        hist.append(world.step(env, hist[-1], world.expert(env, hist[-1])))
     hist = [hist[i] for i in context_times(len(hist) - 1, dc.n_ctx, dc.stride)]
     noise = noise_like(cfg, B, ec.seed + 1, device)                             # (B, Ha, A)
 
     def look(states, appearance):  # -> frames (B, n_ctx, 3, H, W), region pixels (B, n_ctx, ids)
-        frames, masks = zip(*(data.render(env, s, appearance) for s in states))
+        frames, masks = zip(*(world.render(env, s, appearance) for s in states))
         masks = torch.stack(masks, 1)                                           # (B, n_ctx, H, W)
         counts = torch.stack([(masks == i).sum((2, 3)) for i in ids], -1)      # (B, n_ctx, ids)
         return torch.stack(frames, 1).float() / 127.5 - 1, counts
@@ -260,7 +261,7 @@ def intervention_part(model, cfg, held, device, out):
              "target_move": (moved(slice(0, 1)), app)}
     x0, c0 = look(hist, app)
     a0 = model.act(x0.to(device), task.to(device), steps, noise).cpu()          # (B, Ha, A)
-    m, tgt = {}, ids.index(data.TARGET)
+    m, tgt = {}, ids.index(world.TARGET)
     for name, (states, appearance) in edits.items():
         x, c = look(states, appearance)
         if name == "target_move":  # the target stays mostly visible (only the gripper is above it)
@@ -312,7 +313,7 @@ def linear_probe(feats, labels, train_mask, steps, seed=0):
 @torch.no_grad()
 def probe_part(model, cfg, held, device, out):
     """Linear probes on the aligned layer's tokens of each window's current frame: which token holds
-    the target, and which the contact point (where the gripper's centre must be, as data.expert
+    the target, and which the contact point (where the gripper's centre must be, as world.expert
     aims: behind the target as seen from the goal for push, its side facing the gripper for reach).
     Trained on half the held-out episodes, tested on the other half."""
     (demos, ds), ec, g, env = held, cfg.eval, model.grid, cfg.env
@@ -376,7 +377,7 @@ def evaluate(run, overrides=(), force=False):
     ec, out = cfg.eval, run / "eval"
     device = ("cuda" if torch.cuda.is_available() else "cpu") if ec.device == "auto" else ec.device
     suites = list(cfg.suites) if ec.suites == ["all"] else ec.suites
-    defs = {s: asdict(data.get_suite(cfg.suites, s)) for s in [*suites, *ec.curve_suites]}
+    defs = {s: asdict(world.get_suite(cfg.suites, s)) for s in [*suites, *ec.curve_suites]}
     ckpt = train.load_checkpoint(run / "ckpt.pt", device)
     model = train.build_model(cfg).to(device).eval()
     model.load_state_dict(ckpt["ema" if ec.use_ema else "model"])

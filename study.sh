@@ -6,8 +6,10 @@
 #                                # one thread each is faster in sum than two threads for one run)
 # Resumable: run it again and it skips finished runs and evaluations and resumes a partial run
 # from its checkpoint. Every run's metrics.json, config and training curve are copied to
-# results/<preset>/runs/, and the report is rebuilt after every evaluation, so what has finished
-# is always in results/ (checkpoints stay in runs/).
+# results/<preset>/runs/ as soon as it is evaluated (checkpoints stay in runs/); the report is
+# built at the end. An interim report of the finished runs, while the study still runs:
+#   R=$(ls results/cpu/runs | sed 's|^|runs/|')
+#   python eval.py $R --out results/cpu --readme README.md
 set -euo pipefail
 cd "$(dirname "$0")"
 preset=${1:-cpu}

@@ -34,9 +34,10 @@ from align import (
     teacher_batch,
     teacher_features,
 )
-from data import DataConfig, Dataset, EnvConfig, get_suite, make_demos, task_names
+from data import DataConfig, Dataset, make_demos
 from eval import EvalConfig
 from model import WAM, ModelConfig
+from world import EnvConfig, get_suite, task_names
 
 
 @dataclass

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import align
-import data
+import world
 from align import AlignConfig, agra_loss, align_loss, build_teacher
-from data import BACKGROUND, GOAL, GRIPPER, PALETTE, SHAPES, TARGET, DataConfig, EnvConfig
+from data import DataConfig
 from model import WAM, ModelConfig
+from world import BACKGROUND, GOAL, GRIPPER, PALETTE, SHAPES, TARGET, EnvConfig
 
 RES, PATCH, GRID = 16, 4, 4  # 4 x 4 tokens; the ViT then runs at 14 * 4 = 56 px: fast
 
@@ -104,13 +105,13 @@ def test_oracle_puts_block_classes_on_their_tokens_whatever_the_task():
 
 
 def test_oracle_on_rendered_scenes_ignores_which_block_is_the_target():
-    """On data.py's rendered worlds, every token holding block k carries block k's colour and shape,
+    """On world.py's rendered worlds, every token holding block k carries block k's colour and shape,
     and relabelling which block is the target (another task, same scene) changes nothing."""
     env = EnvConfig(res=32, max_distractors=2)
-    suite = data.Suite()  # the id suite
-    task = torch.tensor(data.task_ids(env) * 2)                           # (B,) 8 worlds
-    state, app = data.reset(env, suite, task, torch.Generator().manual_seed(0))
-    _, masks = data.render(env, state, app)                               # (B, H, W) uint8
+    suite = world.Suite()  # the id suite
+    task = torch.tensor(world.task_ids(env) * 2)                           # (B,) 8 worlds
+    state, app = world.reset(env, suite, task, torch.Generator().manual_seed(0))
+    _, masks = world.render(env, state, app)                               # (B, H, W) uint8
     batch = {"masks": masks[:, None], "color": app["color"], "shape": app["shape"]}
     teacher, _ = build_teacher(make_cfg(teacher="oracle", res=32))
     share = (teacher(batch) @ teacher.lift.T)[:, 0]                       # (B, h, w, kinds)

@@ -1,5 +1,6 @@
-"""The tabletop world (data.py): determinism, masks vs pixels, state vs appearance, the experts,
-OOD suites disjoint from id, the demos cache, data.Dataset windows, bad inputs."""
+"""The tabletop world (world.py) and its demonstrations (data.py): determinism, masks vs pixels,
+state vs appearance, the experts, OOD suites disjoint from id, the demos cache, data.Dataset
+windows, bad inputs."""
 
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -10,15 +11,17 @@ import torch
 import yaml
 
 import data
-from data import DataConfig, EnvConfig, Suite, expert, get_suite, render, reset, step
+import world
+from data import DataConfig
+from world import EnvConfig, Suite, expert, get_suite, render, reset, step
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 DEFAULT_SUITES = yaml.safe_load(CONFIG.read_text())["suites"]  # id + every OOD suite
 
 
-def world(env, suite="id", B=64, seed=0):
+def worlds(env, suite="id", B=64, seed=0):
     """B worlds of env.task's family (tasks cycling over the colours) drawn from a default suite."""
-    task = torch.tensor(data.task_ids(env)).repeat(B // 4 + 1)[:B]                 # (B,)
+    task = torch.tensor(world.task_ids(env)).repeat(B // 4 + 1)[:B]                 # (B,)
     return reset(env, get_suite(DEFAULT_SUITES, suite), task, torch.Generator().manual_seed(seed))
 
 
@@ -33,7 +36,7 @@ def ood_violations(suites):
     ref, out = get_suite(suites, "id"), []
     for name in [n for n in suites if n != "id"]:
         s = get_suite(suites, name)
-        for f in fields(data.Suite):
+        for f in fields(world.Suite):
             a, b = getattr(ref, f.name), getattr(s, f.name)
             if f.name == "table_jitter" or (a == b and f.name != "table_colors"):
                 continue
@@ -58,7 +61,7 @@ def test_same_seed_gives_identical_frames():
     env = EnvConfig(res=32, task="push")
 
     def run(seed):
-        state, app = world(env, seed=seed)
+        state, app = worlds(env, seed=seed)
         out = list(render(env, state, app))
         for _ in range(3):
             state = step(env, state, expert(env, state))
@@ -76,45 +79,45 @@ def test_masks_agree_with_pixels(suite):
     """Under neutral lighting on a plain table, every pixel has the colour of its mask's entity
     (target = the task colour), and every present block is visible at res 32."""
     env = EnvConfig(res=32)
-    state, app = world(env, suite, B=128)
+    state, app = worlds(env, suite, B=128)
     B = len(state["task"])
     app = {**app, "brightness": torch.ones(B), "tint": torch.zeros(B, 3),
            "texture": torch.zeros(B, dtype=torch.long)}                      # plain, neutral light
     state = step(env, state, expert(env, state))
     frames, masks = render(env, state, app)                                  # (B, 3, H, W), (B, H, W)
-    palette = torch.tensor(list(data.PALETTE.values()))
-    by_id = torch.cat([app["table"][:, None], torch.tensor([data.GRIPPER_RGB, data.GOAL_RGB]).expand(B, 2, 3),
+    palette = torch.tensor(list(world.PALETTE.values()))
+    by_id = torch.cat([app["table"][:, None], torch.tensor([world.GRIPPER_RGB, world.GOAL_RGB]).expand(B, 2, 3),
                        palette[app["color"]]], 1)                            # (B, 3 + K, 3)
     want = torch.gather(u8(by_id), 1, masks.flatten(1).long()[..., None].expand(-1, -1, 3))
     got = frames.flatten(2).transpose(1, 2)                                  # (B, H*W, 3)
     bad = (want != got).any(-1)
     assert not bad.any(), f"{int(bad.sum())} pixels differ from their mask's colour"
     task_rgb = u8(palette[state["task"] % 4])                                # (B, 3)
-    on_target = (masks == data.TARGET)[:, None]                                   # (B, 1, H, W)
+    on_target = (masks == world.TARGET)[:, None]                                   # (B, 1, H, W)
     assert (frames == task_rgb[:, :, None, None])[on_target.expand_as(frames)].all(), \
         "a target pixel does not have the task colour"
     K = state["present"].shape[1]
-    seen = torch.stack([(masks == data.TARGET + k).flatten(1).any(1) for k in range(K)], 1)  # (B, K)
+    seen = torch.stack([(masks == world.TARGET + k).flatten(1).any(1) for k in range(K)], 1)  # (B, K)
     assert torch.equal(seen, state["present"]), "a present block is hidden, or an absent one drawn"
-    assert (masks == data.GRIPPER).flatten(1).any(1).all() and (masks == data.GOAL).flatten(1).any(1).all()
+    assert (masks == world.GRIPPER).flatten(1).any(1).all() and (masks == world.GOAL).flatten(1).any(1).all()
 
 
 def test_appearance_change_leaves_state_untouched():
     """Rendering under another suite's appearance leaves the state as it was; a new table changes
     background pixels only, with identical masks."""
     env = EnvConfig(res=32)
-    state, app = world(env)
-    _, far = world(env, "background@2")
+    state, app = worlds(env)
+    _, far = worlds(env, "background@2")
     before = {k: v.clone() for k, v in state.items()}
     f1, m1 = render(env, state, app)
     f2, m2 = render(env, state, {**app, "table": far["table"], "texture": far["texture"]})
-    render(env, state, world(env, "distractors@2")[1])
+    render(env, state, worlds(env, "distractors@2")[1])
     for k in state:
         assert torch.equal(state[k], before[k]), f"render changed state[{k!r}]"
     assert torch.equal(m1, m2), "changing the table changed the masks"
     changed = (f1 != f2).any(1)                                              # (B, H, W)
-    assert not changed[m1 != data.BACKGROUND].any(), "changing the table changed non-table pixels"
-    assert changed[m1 == data.BACKGROUND].float().mean() > 0.9, "the table colour barely changed"
+    assert not changed[m1 != world.BACKGROUND].any(), "changing the table changed non-table pixels"
+    assert changed[m1 == world.BACKGROUND].float().mean() > 0.9, "the table colour barely changed"
 
 
 @pytest.mark.parametrize("task", ["reach", "push"])
@@ -122,12 +125,12 @@ def test_expert_succeeds(task):
     """The scripted expert succeeds on >= 95% of 500 id episodes within env.max_steps (physics
     does not depend on the resolution, so nothing is rendered)."""
     env = EnvConfig(res=16, task=task)
-    state, _ = world(env, B=500, seed=1)
-    done = data.success(env, state)
+    state, _ = worlds(env, B=500, seed=1)
+    done = world.success(env, state)
     assert not done.any(), "some episodes start already solved"
     for _ in range(env.max_steps):
         state = step(env, state, expert(env, state))
-        done |= data.success(env, state)
+        done |= world.success(env, state)
     assert done.float().mean() >= 0.95, f"{task} expert success {done.float().mean():.3f} < 0.95"
 
 
@@ -144,7 +147,7 @@ def test_ood_suites_disjoint_from_id():
     env, ref = EnvConfig(res=16), get_suite(DEFAULT_SUITES, "id")
     ids = torch.tensor(ref.table_colors)                                     # (n, 3)
     for name in ["background@1", "background@2", "lighting@1", "lighting@2"]:
-        _, app = world(env, name, B=256)
+        _, app = worlds(env, name, B=256)
         dist = (app["table"][:, None] - ids).abs().amax(-1).min(1).values    # (B,) to nearest id
         if "background" in name:
             assert (dist > ref.table_jitter).all(), f"{name}: a table colour inside the id band"
@@ -192,16 +195,16 @@ def test_dataset_windows(tmp_path):
 
 
 def test_action_normalization_round_trip(tmp_path):
-    """normalize_actions inverts data.unnormalize_actions, and an action a moves a free gripper by
-    exactly data.unnormalize_actions(a)."""
+    """normalize_actions inverts world.unnormalize_actions, and an action a moves a free gripper by
+    exactly world.unnormalize_actions(a)."""
     env = EnvConfig(res=16, max_distractors=0)
     a = torch.rand(64, 2) * 2 - 1
-    torch.testing.assert_close(data.normalize_actions(data.unnormalize_actions(a, env), env), a)
+    torch.testing.assert_close(world.normalize_actions(world.unnormalize_actions(a, env), env), a)
     state = {"gripper": torch.full((64, 2), 0.5), "blocks": torch.full((64, 1, 2), 0.9),
              "size": torch.full((64, 1), 0.05), "present": torch.ones(64, 1, dtype=torch.bool),
              "goal": torch.full((64, 2), 0.2), "task": torch.zeros(64, dtype=torch.long)}
     moved = step(env, state, a)["gripper"] - state["gripper"]
-    torch.testing.assert_close(moved, data.unnormalize_actions(a, env))
+    torch.testing.assert_close(moved, world.unnormalize_actions(a, env))
 
 
 def test_cache_returns_what_generation_returned(tmp_path, monkeypatch):
@@ -228,7 +231,7 @@ def test_bad_inputs_raise():
     """Unknown suites, suite keys and tasks, wrong-shaped or NaN actions and wrongly typed or
     invalid config values raise errors naming the value."""
     env = EnvConfig(res=16)
-    state, _ = world(env, B=4)
+    state, _ = worlds(env, B=4)
     with pytest.raises(KeyError, match="nope"):
         get_suite(DEFAULT_SUITES, "nope")
     with pytest.raises(KeyError, match="did you mean 'textures'"):
@@ -241,7 +244,7 @@ def test_bad_inputs_raise():
         step(env, state, torch.tensor([[0.0, float("nan")]] * 4))
     for bad in [lambda: EnvConfig(res="64"), lambda: EnvConfig(task="pull"),
                 lambda: DataConfig(seed=1.5), lambda: DataConfig(horizon=True),
-                lambda: data.Suite(textures=["marble"]), lambda: data.Suite(brightness=[1.2, 0.8])]:
+                lambda: world.Suite(textures=["marble"]), lambda: world.Suite(brightness=[1.2, 0.8])]:
         with pytest.raises(ValueError):
             bad()
     with pytest.raises(ValueError, match="max_distractors"):
@@ -253,7 +256,7 @@ def test_bad_inputs_raise():
 def test_every_resolution_renders(res):
     """Every resolution renders uint8 frames (B, 3, res, res) and masks with valid entity ids."""
     env = EnvConfig(res=res, task="push")
-    frames, masks = render(env, *world(env, "distractors@2", B=8))
+    frames, masks = render(env, *worlds(env, "distractors@2", B=8))
     assert frames.shape == (8, 3, res, res) and frames.dtype == torch.uint8
     assert masks.shape == (8, res, res) and int(masks.max()) < 4 + env.max_distractors
 

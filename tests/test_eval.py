@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
-import data
 import eval as ev
 import plots
 import train
+import world
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -102,7 +102,7 @@ def test_closed_loop_feeds_the_right_frames_and_scores_the_expert(monkeypatch):
     it feeds is the frame of the state at the time data.Dataset would use."""
     cfg = train.load_config(TINY, ["env.max_steps=20", "data.n_ctx=2", "eval.replan=1",
                                    "eval.batch_size=32"])
-    log, real_reset, real_step = {}, data.reset, data.step
+    log, real_reset, real_step = {}, world.reset, world.step
 
     def reset(env, suite, task, gen):
         state, app = real_reset(env, suite, task, gen)
@@ -117,13 +117,13 @@ def test_closed_loop_feeds_the_right_frames_and_scores_the_expert(monkeypatch):
         def act(self, frames, task, steps=None):
             t = len(log["states"]) - 1
             for i, s in enumerate(ev.context_times(t, 2, cfg.data.stride)):
-                want = data.render(cfg.env, log["states"][s], log["app"])[0] / 127.5 - 1
+                want = world.render(cfg.env, log["states"][s], log["app"])[0] / 127.5 - 1
                 assert torch.equal(frames[:, i], want), f"context frame {i} at t={t} is not {s}"
-            chunk = data.expert(cfg.env, log["states"][-1])[:, None]             # (B, 1, A)
+            chunk = world.expert(cfg.env, log["states"][-1])[:, None]             # (B, 1, A)
             return chunk.expand(-1, cfg.data.horizon, -1)                         # (B, Ha, A)
 
-    monkeypatch.setattr(data, "reset", reset)
-    monkeypatch.setattr(data, "step", step)
+    monkeypatch.setattr(world, "reset", reset)
+    monkeypatch.setattr(world, "step", step)
     rate = ev.success_rate(ExpertPolicy(), cfg, "id", 64, "cpu")
     assert rate >= 0.95, f"the expert scores {rate:.2f} in eval's closed loop"
 

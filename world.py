@@ -1,0 +1,389 @@
+"""The tabletop world, batched in torch: configs, perturbation suites, reset/step/success, the
+scripted experts and render. data.py turns it into demonstrations; eval.py runs policies in it.
+
+World coordinates are [0, 1]^2, x = column, y = row; pixel (i, j) is centred on ((j + .5) / res,
+(i + .5) / res). Physics treats every block as a disc of radius `size`; shapes are only drawn.
+State (physics) and appearance (pixels only) are separate dicts: any state draws under any suite.
+B worlds   K = 1 + env.max_distractors blocks (block 0 = target)   H = W = env.res
+"""
+
+import copy
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+
+TASK_COLORS = ["red", "green", "blue", "yellow"]
+FAMILIES = ["reach", "push"]  # task id = FAMILIES.index(family) * 4 + TASK_COLORS index
+PALETTE = {  # RGB in [0, 1]; colour id = index in list(PALETTE); the task colours come first
+    "red": [0.86, 0.14, 0.12], "green": [0.16, 0.70, 0.22], "blue": [0.15, 0.32, 0.92],
+    "yellow": [0.96, 0.84, 0.12], "orange": [0.97, 0.52, 0.08], "pink": [0.98, 0.48, 0.68],
+    "lime": [0.62, 0.92, 0.18], "purple": [0.56, 0.22, 0.74], "cyan": [0.10, 0.82, 0.86],
+    "brown": [0.48, 0.30, 0.12]}
+SHAPES = ["square", "disc", "triangle", "diamond", "cross", "ring"]  # shape id = index
+TEXTURES = ["plain", "stripes", "checker", "noise", "dots", "waves"]  # texture id = index
+BACKGROUND, GRIPPER, GOAL, TARGET = 0, 1, 2, 3  # mask ids; block k >= 1 (distractor k-1) is 3 + k
+GRIPPER_RGB, GOAL_RGB = [0.10, 0.10, 0.12], [0.90, 0.90, 0.84]
+LEVELS, STENCIL = 17, 32  # texture grey levels (the middle one = plain); shape stencil side
+RING = [[0.2, 0.2, 0.8, 0.38], [0.2, 0.62, 0.8, 0.8], [0.2, 0.38, 0.38, 0.62],
+        [0.62, 0.38, 0.8, 0.62]]  # id target region
+PLUS = [[0.35, 0.15, 0.65, 0.85], [0.15, 0.35, 0.35, 0.65], [0.65, 0.35, 0.85, 0.65]]  # id goals
+
+
+# ---- config -----------------------------------------------------------------
+def _need(ok, msg):
+    if not ok:
+        raise ValueError(msg)
+
+
+def _check_types(cfg):
+    """Raise ValueError naming any field whose value is not of its annotated plain type."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.type is float and type(v) is int:
+            setattr(cfg, f.name, float(v))
+        _need(isinstance(getattr(cfg, f.name), f.type) and (f.type is bool or type(v) is not bool),
+              f"{type(cfg).__name__}.{f.name} = {v!r}; expected {f.type.__name__}")
+
+
+@dataclass
+class EnvConfig:
+    res: int = 64                    # frame side in pixels (16, 32, 64 all work)
+    task: str = "reach"              # task family: reach | push
+    max_steps: int = 20              # episode length L (push: 30 when demos take random actions)
+    max_speed: float = 0.08          # gripper displacement per step (world units) at |action| = 1
+    max_distractors: int = 3         # distractor slots, K - 1; a suite draws 0..this many
+    gripper_radius: float = 0.08     # world units
+    goal_size: float = 0.1           # half-side of the square goal region (world units)
+    reach_tol: float = 0.015         # reach succeeds when the gripper-target gap is below this
+    texture_contrast: float = 0.2    # table texture amplitude, a fraction of the table colour
+
+    def __post_init__(self):
+        _check_types(self)
+        _need(self.task in FAMILIES, f"env.task = {self.task!r}; expected one of {FAMILIES}")
+        _need(self.res >= 8 and self.max_steps >= 1 and self.max_distractors >= 0,
+              f"env.res = {self.res} (>= 8), max_steps = {self.max_steps} (>= 1), "
+              f"max_distractors = {self.max_distractors} (>= 0)")
+
+
+@dataclass
+class Suite:
+    """What reset() draws worlds from; the defaults are the `id` suite. Ranges are [lo, hi];
+    regions are lists of boxes [x0, y0, x1, y1], drawn uniformly over their union."""
+    table_colors: list = field(default_factory=lambda: [[0.62, 0.50, 0.38], [0.50, 0.50, 0.50],
+                                                        [0.42, 0.47, 0.55]])  # RGB
+    table_jitter: float = 0.07       # each table channel + U(-jitter, jitter)
+    textures: list = field(default_factory=lambda: ["plain", "stripes", "checker"])
+    brightness: list = field(default_factory=lambda: [0.85, 1.15])  # whole-image gain
+    tint: list = field(default_factory=lambda: [0.0, 0.06])  # size of a zero-mean RGB hue shift
+    n_distractors: list = field(default_factory=lambda: [0, 2])
+    distractor_colors: list = field(default_factory=lambda: list(TASK_COLORS))  # never the target's
+    distractor_shapes: list = field(default_factory=lambda: ["square", "disc"])
+    distractor_size: list = field(default_factory=lambda: [0.09, 0.1])  # radius (world units)
+    target_shapes: list = field(default_factory=lambda: ["square", "disc"])
+    target_size: list = field(default_factory=lambda: [0.09, 0.1])
+    gripper_region: list = field(default_factory=lambda: [[0.1, 0.1, 0.9, 0.9]])
+    target_region: list = field(default_factory=lambda: copy.deepcopy(RING))  # centre held out
+    goal_region: list = field(default_factory=lambda: copy.deepcopy(PLUS))    # corners held out
+    distractor_region: list = field(default_factory=lambda: [[0.1, 0.1, 0.9, 0.9]])
+
+    def __post_init__(self):
+        _check_types(self)
+        for k, valid in [("textures", TEXTURES), ("distractor_colors", PALETTE),
+                         ("distractor_shapes", SHAPES), ("target_shapes", SHAPES)]:
+            v = getattr(self, k)
+            _need(v and set(v) <= set(valid), f"suite.{k} = {v}; expected names from {list(valid)}")
+        for k in ["brightness", "tint", "n_distractors", "distractor_size", "target_size"]:
+            v = getattr(self, k)
+            _need(len(v) == 2 and v[0] <= v[1], f"suite.{k} = {v}; expected [lo, hi] with lo <= hi")
+        for k in ["gripper_region", "target_region", "goal_region", "distractor_region"]:
+            for b in getattr(self, k):
+                _need(len(b) == 4 and 0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1,
+                      f"suite.{k} box {b}; expected [x0, y0, x1, y1] inside [0, 1]")
+        _need(all(len(c) == 3 and 0 <= min(c) <= max(c) <= 1 for c in self.table_colors),
+              f"suite.table_colors = {self.table_colors}; expected RGB lists in [0, 1]")
+        dc = self.distractor_colors  # a target's own colour is never drawn: keep another one
+        _need(len(set(dc)) > 1 or dc[0] not in TASK_COLORS, f"suite.distractor_colors = {dc}")
+
+
+def task_names(env):
+    """Every task name; index = task id (reach-* 0..3, push-* 4..7)."""
+    return [f"{fam}-{c}" for fam in FAMILIES for c in TASK_COLORS]
+
+
+def task_ids(env):
+    """The task ids of env.task's family, in TASK_COLORS order."""
+    return [FAMILIES.index(env.task) * len(TASK_COLORS) + c for c in range(len(TASK_COLORS))]
+
+
+def get_suite(suites, name):
+    """Suite `name`: the `id` entry overridden by suites[name]; unknown names and keys raise."""
+    if name not in suites or "id" not in suites:
+        raise KeyError(f"unknown suite {name!r} (or no 'id' suite); defined: {sorted(suites)}")
+    valid = [f.name for f in fields(Suite)]
+    for part, key in [(p, k) for p in ("id", name) for k in suites[p]]:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {valid}"
+            raise KeyError(f"unknown key {key!r} in suite {part!r}; {hint}")
+    return Suite(**{**suites["id"], **suites[name]})
+
+
+# ---- the world: reset, step, success, expert --------------------------------
+def _in_boxes(gen, boxes, n):
+    """(n, 2) points uniform over a union of boxes [x0, y0, x1, y1]."""
+    bx = torch.tensor(boxes, device=gen.device)                                # (nb, 4)
+    area = (bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1])                     # (nb,)
+    i = torch.multinomial(area, n, True, generator=gen)                        # (n,) box of each
+    u = torch.rand(n, 2, generator=gen, device=gen.device)                     # (n, 2)
+    return bx[i, :2] + u * (bx[i, 2:] - bx[i, :2])                             # (n, 2)
+
+
+def _sample_clear(gen, boxes, others, gap, tries=100):
+    """(B, 2) points in boxes, redrawn until at least gap (B, M) away from others (B, M, 2)."""
+    p = _in_boxes(gen, boxes, others.shape[0])                                 # (B, 2)
+    for _ in range(tries):
+        bad = ((p[:, None] - others).norm(dim=-1) < gap).any(1)                # (B,)
+        if not bad.any():
+            break
+        p = torch.where(bad[:, None], _in_boxes(gen, boxes, p.shape[0]), p)    # (B, 2)
+    return p
+
+
+def reset(env, suite, task, gen):
+    """B new worlds from `suite` for task ids `task` (B,): (state, appearance) on gen's device."""
+    dev, B, K, r = gen.device, task.shape[0], 1 + env.max_distractors, env.gripper_radius
+    ids = torch.tensor(task_ids(env), device=dev)
+    if task.dtype != torch.long or task.dim() != 1 or not torch.isin(task, ids).all():
+        raise ValueError(f"task {task.tolist()}: expected a (B,) long tensor of {env.task} task "
+                         f"ids {ids.tolist()}")
+    _need(suite.n_distractors[1] <= env.max_distractors, f"suite.n_distractors = "
+          f"{suite.n_distractors} exceeds env.max_distractors = {env.max_distractors}")
+
+    def U(lohi, *shape):
+        return lohi[0] + (lohi[1] - lohi[0]) * torch.rand(shape, generator=gen, device=dev)
+
+    def pick(values, *shape):  # uniform draws from a list
+        v = torch.tensor(values, device=dev)
+        return v[torch.randint(len(v), shape, generator=gen, device=dev)]
+
+    size = torch.cat([U(suite.target_size, B, 1), U(suite.distractor_size, B, K - 1)], 1)  # (B, K)
+    n = pick(list(range(suite.n_distractors[0], suite.n_distractors[1] + 1)), B)  # (B,)
+    present = torch.arange(K, device=dev) <= n[:, None]                          # (B, K)
+    goal = _in_boxes(gen, suite.goal_region, B)                                  # (B, 2)
+    # rejection sampling, one entity at a time, each clear of those placed before it
+    target = _sample_clear(gen, suite.target_region, goal[:, None],
+                           1.5 * env.goal_size + size[:, :1])                  # (B, 2)
+    gripper = _sample_clear(gen, suite.gripper_region, target[:, None], r + size[:, :1] + 0.1)
+    placed = [gripper, target]                                                   # (B, 2) each
+    for k in range(1, K):
+        gap = torch.cat([r + size[:, k:k + 1], size[:, :k] + size[:, k:k + 1]], 1) + 0.02
+        gap = gap * torch.cat([present[:, :1], present[:, :k]], 1)  # (B, k+1) absent: no gap
+        placed.append(_sample_clear(gen, suite.distractor_region, torch.stack(placed, 1), gap))
+    state = {"gripper": gripper, "blocks": torch.stack(placed[1:], 1), "size": size,  # (B, K, 2)
+             "present": present, "goal": goal, "task": task}
+    state["gripper"], state["blocks"] = _resolve(env, state)  # rare leftovers of the rejection
+
+    names = list(PALETTE)
+    target_color = torch.tensor([names.index(c) for c in TASK_COLORS], device=dev)[task % 4]  # (B,)
+    cand = torch.tensor([names.index(c) for c in suite.distractor_colors], device=dev)  # (C,)
+    allowed = (cand[None] != target_color[:, None]).float()                      # (B, C)
+    color = cand[torch.multinomial(allowed, K, True, generator=gen)]             # (B, K)
+    color[:, 0] = target_color
+    shape = torch.cat([pick([SHAPES.index(s) for s in suite.target_shapes], B, 1),  # (B, K)
+                       pick([SHAPES.index(s) for s in suite.distractor_shapes], B, K - 1)], 1)
+    tint = torch.randn(B, 3, generator=gen, device=dev)                          # (B, 3)
+    tint = tint - tint.mean(1, keepdim=True)                                     # a hue, not a gain
+    j = suite.table_jitter
+    app = {"table": (pick(suite.table_colors, B) + U([-j, j], B, 3)).clamp(0, 1),  # (B, 3)
+           "texture": pick([TEXTURES.index(t) for t in suite.textures], B),      # (B,)
+           "brightness": U(suite.brightness, B),                                 # (B,)
+           "tint": tint / tint.norm(dim=1, keepdim=True).clamp_min(1e-6) * U(suite.tint, B, 1),
+           "color": color, "shape": shape}                                       # (B, K) each
+    return state, app
+
+
+def _resolve(env, state, iters=4):
+    """Kinematic contacts: the gripper pushes blocks out along the contact normal, blocks push each
+    other (half each), blocks stay on the table; a block pinned by the edge stops the gripper."""
+    g, b, s, p = state["gripper"], state["blocks"], state["size"], state["present"]
+    r, K = env.gripper_radius, s.shape[1]
+    pair = p[:, :, None] & p[:, None] & ~torch.eye(K, dtype=torch.bool, device=p.device)  # (B,K,K)
+
+    def push_out(d, reach, on):  # displacement along d (..., 2): from distance |d| out to `reach`
+        dist = d.norm(dim=-1)                                                  # (...)
+        depth = (reach - dist).clamp_min(0) * on                               # (...)
+        return d / dist.clamp_min(1e-9)[..., None] * depth[..., None]          # (..., 2)
+
+    for _ in range(iters):
+        b = b + push_out(b - g[:, None], r + s, p)                             # (B, K, 2)
+        b = b + 0.5 * push_out(b[:, :, None] - b[:, None], s[:, :, None] + s[:, None], pair).sum(2)
+        b = torch.maximum(torch.minimum(b, 1 - s[..., None]), s[..., None])    # (B, K, 2)
+    g = (g - push_out(b - g[:, None], r + s, p).sum(1)).clamp(r, 1 - r)       # (B, 2)
+    return g, b
+
+
+def step(env, state, action):
+    """The next state (a new dict) after gripper velocities `action` (B, 2) in [-1, 1]."""
+    shape = tuple(getattr(action, "shape", ()))
+    _need(torch.is_tensor(action) and shape == tuple(state["gripper"].shape), f"action of shape "
+          f"{shape}; expected {tuple(state['gripper'].shape)}: (B, 2) velocities in [-1, 1]")
+    if not torch.isfinite(action).all():
+        bad = (~torch.isfinite(action)).any(1).nonzero()[:, 0].tolist()
+        raise ValueError(f"action has NaN/inf in worlds {bad}; expected finite values in [-1, 1]")
+    r, g = env.gripper_radius, state["gripper"]
+    g = (g + action.to(g.dtype).clamp(-1, 1) * env.max_speed).clamp(r, 1 - r)    # (B, 2)
+    new = {**state, "gripper": g}
+    new["gripper"], new["blocks"] = _resolve(env, new)
+    return new
+
+
+def success(env, state):
+    """(B,) bool: the gripper touching the target (reach); the target centre in the goal (push)."""
+    T, s = state["blocks"][:, 0], state["size"][:, 0]                          # (B, 2), (B,)
+    if env.task == "reach":
+        return (state["gripper"] - T).norm(dim=-1) <= env.gripper_radius + s + env.reach_tol
+    elif env.task == "push":
+        return ((T - state["goal"]).abs() <= env.goal_size).all(-1)
+    raise ValueError(f"env.task = {env.task!r}; expected one of {FAMILIES}")
+
+
+def interaction_ids(env):
+    """Mask ids of the interaction region (KeyError for an unknown task family)."""
+    return {"reach": [GRIPPER, TARGET], "push": [GRIPPER, TARGET, GOAL]}[env.task]
+
+
+def expert(env, state):
+    """Scripted expert, (B, 2) actions in [-1, 1]. Reach: straight to contact with the target.
+    Push: circle the target (clear of it) until behind it relative to the goal, then push."""
+    g, T, G = state["gripper"], state["blocks"][:, 0], state["goal"]          # (B, 2) each
+    R = (env.gripper_radius + state["size"][:, 0])[:, None]                   # (B, 1) contact dist
+    rel = g - T                                                               # (B, 2)
+    dist = rel.norm(dim=-1, keepdim=True)                                     # (B, 1)
+    if env.task == "reach":
+        want = T + rel / dist.clamp_min(1e-6) * R                             # touch, don't shove
+    elif env.task == "push":
+        gd = (G - T).norm(dim=-1, keepdim=True)                               # (B, 1)
+        d = (G - T) / gd.clamp_min(1e-6)                                      # (B, 2) push dir
+        behind = T - d * (R + 0.02)                                           # (B, 2) start of push
+        shove = T - d * (R - gd.clamp(max=env.max_speed))                     # moves target 1 step
+        phi = torch.atan2(rel[:, 1], rel[:, 0])                               # (B,) gripper angle
+        gap = torch.atan2(-d[:, 1], -d[:, 0]) - phi                           # (B,) angle to behind
+        gap = torch.remainder(gap + math.pi, 2 * math.pi) - math.pi           # (B,) in [-pi, pi)
+        orbit_r = R + 0.03                                                    # (B, 1) clears target
+        ang = phi + gap.sign() * gap.abs().clamp(max=1.2 * env.max_speed / orbit_r[:, 0])  # (B,)
+        orbit = T + orbit_r * torch.stack([ang.cos(), ang.sin()], -1)         # (B, 2)
+        seg = behind - g                                                      # (B, 2)
+        t = ((T - g) * seg).sum(-1, keepdim=True)                             # (B, 1)
+        t = t / (seg * seg).sum(-1, keepdim=True).clamp_min(1e-9)             # (B, 1) along seg
+        clear = (g + t.clamp(0, 1) * seg - T).norm(dim=-1, keepdim=True) > R + 0.015  # (B, 1)
+        aligned = gap.abs()[:, None] < 0.35                                   # (B, 1) behind it
+        want = torch.where(aligned | clear, behind, orbit)                    # (B, 2) get behind
+        want = torch.where(aligned & (dist < R + 0.04), shove, want)          # (B, 2) then push
+        want = torch.where(gd < 0.03, g, want)                                # at the goal: hold
+    else:
+        raise ValueError(f"env.task = {env.task!r}; expected one of {FAMILIES}")
+    a = (want - g) / env.max_speed                                            # (B, 2)
+    return a / a.abs().amax(-1, keepdim=True).clamp_min(1)                    # keep the direction
+
+
+def normalize_actions(velocity, env):
+    """Gripper displacement per step (world units) -> action in [-1, 1] (what the dataset holds)."""
+    return velocity / env.max_speed
+
+
+def unnormalize_actions(action, env):
+    """Action in [-1, 1] -> gripper displacement per step (world units)."""
+    return action * env.max_speed
+
+
+# ---- rendering --------------------------------------------------------------
+@cache
+def _stencils(device):
+    """(n_shapes, S+1, S+1) bool, S = STENCIL: each shape on [-1, 1]^2 (the unit disc is the
+    physics body); the last row and column stay empty: pixels outside a patch look there."""
+    S = STENCIL
+    c = (torch.arange(S) + 0.5) / S * 2 - 1                                    # (S,) cell centres
+    v, u = torch.meshgrid(c, c, indexing="ij")                                 # (S, S) each
+    rad, box = (u * u + v * v).sqrt(), torch.maximum(u.abs(), v.abs())         # (S, S) each
+    drawn = {"square": box <= 0.9, "disc": rad <= 1, "diamond": u.abs() + v.abs() <= 1,
+             "triangle": (v <= 0.7) & (u.abs() <= (v + 1) * 0.58),
+             "ring": (rad <= 1) & (rad >= 0.55),
+             "cross": ((u.abs() <= 0.33) | (v.abs() <= 0.33)) & (box <= 0.95)}
+    out = torch.zeros(len(SHAPES), S + 1, S + 1, dtype=torch.bool)          # (n_shapes, S+1, S+1)
+    out[:, :S, :S] = torch.stack([drawn[s] for s in SHAPES])
+    return out.to(device)
+
+
+@cache
+def _textures(res, device):
+    """(n_textures, H*W) long grey levels 0..LEVELS-1 of each table texture, in world units."""
+    c = (torch.arange(res) + 0.5) / res                                       # (res,) pixel centres
+    y, x = torch.meshgrid(c, c, indexing="ij")                                 # (H, W) each
+    lattice = torch.rand(1, 1, 9, 9, generator=torch.Generator().manual_seed(0)) * 2 - 1  # fixed
+    grid = torch.stack([x, y], -1)[None] * 2 - 1                               # (1, H, W, 2)
+    tau = 2 * math.pi
+    f = {"plain": 0 * x, "stripes": torch.sin(tau * 8 * y).sign(),
+         "checker": ((8 * x).floor() + (8 * y).floor()) % 2 * 2 - 1,
+         "noise": F.grid_sample(lattice, grid, align_corners=True)[0, 0],
+         "dots": torch.where(((6 * x) % 1 - 0.5) ** 2 + ((6 * y) % 1 - 0.5) ** 2 < 0.06, 1.0, -0.4),
+         "waves": torch.sin(tau * (5 * x + 0.5 * torch.sin(tau * 2 * y)))}
+    f = torch.stack([f[t] for t in TEXTURES])                                  # (n_tex, H, W)
+    return ((f + 1) / 2 * (LEVELS - 1)).round().long().view(len(TEXTURES), -1).to(device)
+
+
+def _cover(res, center, half, shape, vis):
+    """Flat pixel ids (into B*H*W) that one entity covers in each world, shape (n,)."""
+    P = math.ceil(2 * float(half.max()) * res) + 2                             # patch side (pixels)
+    lo = ((center - half[:, None]) * res).floor().long()                       # (B, 2) col, row
+    pix = lo[:, :, None] + torch.arange(P, device=center.device)              # (B, 2, P) cols, rows
+    u = ((pix + 0.5) / res - center[:, :, None]) / half[:, None, None]         # (B, 2, P) body
+    k = ((u + 1) * (STENCIL / 2)).floor().long()                               # (B, 2, P) cells
+    k = torch.where((k >= 0) & (k < STENCIL) & (pix >= 0) & (pix < res), k, STENCIL)  # (B, 2, P)
+    cell = (shape[:, None, None] * (STENCIL + 1) + k[:, 1, :, None]) * (STENCIL + 1) + k[:, 0, None]
+    # cell (B, P, P): flat index into the stencils of (shape, row cell, column cell)
+    inside = _stencils(center.device).view(-1).index_select(0, cell.view(-1))  # (B*P*P,)
+    w, i, j = (inside.view(cell.shape) & vis[:, None, None]).nonzero(as_tuple=True)  # (n,) each
+    lo = lo.index_select(0, w)                                                 # (n, 2)
+    return (w * res + lo[:, 1] + i) * res + lo[:, 0] + j                       # (n,)
+
+
+def render(env, state, app):
+    """Draw states under appearances: frames (B, 3, H, W) uint8, masks (B, H, W) uint8 entity ids.
+    Back to front: table, goal, distractors, target, gripper. Entity pixels are coloured from the
+    final mask, so pixels and masks always agree. Lighting (brightness, tint) scales all colours."""
+    s, res, dev = state["size"], env.res, state["size"].device
+    B, K, HW = *s.shape, env.res * env.res
+    light = app["brightness"][:, None, None] * (1 + app["tint"][:, None])     # (B, 1, 3)
+    f = torch.linspace(-1, 1, LEVELS, device=dev)[:, None]                     # (LEVELS, 1)
+    table = app["table"][:, None] * (1 + env.texture_contrast * f)             # (B, LEVELS, 3)
+    table = (table * light).clamp(0, 1).mul(255).round().to(torch.uint8)       # (B, LEVELS, 3)
+    levels = _textures(res, dev)                                               # (n_tex, H*W)
+    frames = torch.empty(B, 3, HW, dtype=torch.uint8, device=dev)              # (B, 3, H*W)
+    for t in app["texture"].unique().tolist():                                 # a few textures
+        w = (app["texture"] == t).nonzero()[:, 0]                              # (n_t,)
+        lut = table[w].transpose(1, 2)                                         # (n_t, 3, LEVELS)
+        frames[w] = torch.gather(lut, 2, levels[t].expand(len(w), 3, HW))      # (n_t, 3, H*W)
+    palette = torch.tensor([[0, 0, 0], GRIPPER_RGB, GOAL_RGB, *PALETTE.values()],
+                           device=dev)                                         # (3+colours, 3)
+    rgb = torch.cat([palette[:3].expand(B, 3, 3), palette[3 + app["color"]]], 1)  # (B, 3+K, 3)
+    rgb = (rgb * light).clamp(0, 1).mul(255).round().to(torch.uint8)           # (B, 3+K, 3) by id
+    masks = torch.zeros(B * HW, dtype=torch.uint8, device=dev)                 # (B*H*W,)
+    one = torch.ones(B, dtype=torch.long, device=dev)                          # (B,)
+    ents = [(GOAL, state["goal"], env.goal_size / 0.9, one * SHAPES.index("square"), one > 0)]
+    ents += [(TARGET + k, state["blocks"][:, k], s[:, k], app["shape"][:, k],
+              state["present"][:, k]) for k in [*range(1, K), 0]]  # the target over distractors
+    ents += [(GRIPPER, state["gripper"], env.gripper_radius, one * SHAPES.index("disc"), one > 0)]
+    covered = []
+    for eid, center, half, shape, vis in ents:
+        covered.append(_cover(res, center, one * half, shape, vis))            # (n_e,)
+        masks.index_put_((covered[-1],), torch.tensor(eid, dtype=torch.uint8, device=dev))
+    q = torch.cat(covered)                                                     # (n,) entity pixels
+    w = q // HW                                                                # (n,) their worlds
+    col = rgb.view(-1, 3).index_select(0, w * (3 + K) + masks[q])              # (n, 3) final colour
+    for c in range(3):
+        frames.view(-1).index_put_((q + w * 2 * HW + c * HW,), col[:, c])      # w*3HW + c*HW + pix
+    return frames.view(B, 3, res, res), masks.view(B, res, res)

@@ -226,6 +226,8 @@ def run_pictures(out, run, m, cfg, ex):
 def fmt(v):
     if not is_number(v) or math.isnan(v):
         return "n/a"
+    if abs(v) < 1e-9:  # rounding noise, e.g. the spread of three equal values
+        return "0.000"
     return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3f}" if abs(v) >= 0.01 or v == 0 else f"{v:.1e}"
 
 
@@ -303,9 +305,11 @@ SUMMARY = [("success.id", "ID success"), ("success.ood", "OOD success (mean of s
            ("video.psnr", "PSNR (dB)"), ("latency.act_ms", "act() ms")]
 
 
-def summary(arms, metrics, seed, baseline):
+def summary(arms, metrics, seed, baseline, reference="agra"):
     """The README's tables: one row per arm (mean ± 95% CI over seeds), headline arms first, then
-    the ablations (arms named abl-*), then OOD success per suite and the paired differences."""
+    the ablations (arms named abl-*) beside the baseline and `reference` arms on the ablations'
+    seeds only (an ablation is one knob away from `reference`), then OOD success per suite and the
+    paired differences."""
     m = {r: {**x, "success.ood": sum(v for k, v in x.items() if k.startswith("success.")
                                      and k != "success.id") / max(1, sum(
                                          k.startswith("success.") and k != "success.id" for k in x))}
@@ -313,11 +317,10 @@ def summary(arms, metrics, seed, baseline):
     suites = sorted({k for x in m.values() for k in x if k.startswith("success.")
                      and k not in ("success.id", "success.ood")})
 
-    def table(names, cols):
+    def table(rows, cols):  # rows: [(label, runs)]
         md = ["| arm | seeds | teacher | " + " | ".join(c for _, c in cols) + " |",
               "|---" * (len(cols) + 3) + "|"]
-        for a in names:
-            rs = arms[a]
+        for a, rs in rows:
             cells = [mean_ci([m[r].get(k) for r in rs]) for k, _ in cols]
             md.append(f"| {a} | {len(rs)} | {', '.join(sorted({str(m[r]['teacher']) for r in rs}))}"
                       " | " + " | ".join(fmt(mu) + (f" ± {fmt(h)}" if n > 1 else "")
@@ -325,10 +328,18 @@ def summary(arms, metrics, seed, baseline):
         return md
     head = [a for a in arms if not a.startswith("abl-")]
     abl = [a for a in arms if a.startswith("abl-")]
-    md = ["Mean ± 95% t-interval over seeds (no interval with one seed).\n", *table(head, SUMMARY)]
+    md = ["Mean ± 95% t-interval over seeds (no interval with one seed).\n",
+          *table([(a, arms[a]) for a in head], SUMMARY)]
     if abl:
-        md += ["\nAblations (each one knob away from `agra`):\n", *table(abl, SUMMARY[:6])]
-    md += ["\nSuccess per suite:\n", *table(head + abl, [(k, k[8:]) for k in suites])]
+        seeds = sorted({seed[r] for a in abl for r in arms[a]})
+        refs = [(f"{a} (seed {', '.join(map(str, seeds))})", rs) for a in (baseline, reference)
+                if (rs := [r for r in arms.get(a, []) if seed[r] in seeds])]
+        cols = [c for c in SUMMARY if c[0] not in ("attention.chance", "probe.affordance_acc",
+                                                    "video.psnr", "latency.act_ms")]
+        md += [(f"\nAblations (each one knob away from `{reference}`), beside `{baseline}` and "
+                f"`{reference}` on the same seeds:\n"), *table(refs + [(a, arms[a]) for a in abl], cols)]
+    md += ["\nSuccess per suite:\n", *table([(a, arms[a]) for a in head + abl],
+                                              [(k, k[8:]) for k in suites])]
     base = {seed[r]: m[r] for r in arms.get(baseline, [])}
     rows = []
     for a in head[1:] + abl:

@@ -97,6 +97,21 @@ def test_mean_ci_and_arms(tmp_path):
         "agra": ["x-agra-s0"], "baseline": ["x-baseline-s0", "x-baseline-s1"]}, arms
 
 
+def test_ablation_table_compares_on_the_ablations_seeds_only():
+    """Ablations run on seed 0 sit beside the baseline and agra rows of seed 0 alone (not the
+    means over every seed), and each gets its paired difference to the baseline."""
+    arms = {"baseline": ["b0", "b1"], "agra": ["a0", "a1"], "abl-x": ["x0"]}
+    seed = {"b0": 0, "b1": 1, "a0": 0, "a1": 1, "x0": 0}
+    metrics = {r: {"success.id": v, "success.far": v / 2, "teacher": "t"}
+               for r, v in [("b0", 0.2), ("b1", 0.4), ("a0", 0.6), ("a1", 1.0), ("x0", 0.8)]}
+    md = plots.summary(arms, metrics, seed, "baseline")
+    assert "| baseline | 2 | t | 0.300 ± 1.271 | 0.150 ± 0.635 |" in md, md
+    assert "| baseline (seed 0) | 1 | t | 0.200 | 0.100 |" in md, md
+    assert "| agra (seed 0) | 1 | t | 0.600 | 0.300 |" in md, md
+    assert "| abl-x | 1 | t | 0.800 | 0.400 |" in md, md
+    assert "| abl-x - baseline | 1 | +0.600 | +0.300 |" in md, md
+
+
 def test_closed_loop_feeds_the_right_frames_and_scores_the_expert(monkeypatch):
     """Driven by the scripted expert, the closed loop scores >= 95% on id, and each context frame
     it feeds is the frame of the state at the time data.Dataset would use."""

@@ -231,6 +231,18 @@ def fmt(v):
     return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3f}" if abs(v) >= 0.01 or v == 0 else f"{v:.1e}"
 
 
+def ablation_rows(arms, seed, baseline, reference="agra"):
+    """[(label, runs)]: `baseline` and `reference` on the seeds the ablations (arms named abl-*)
+    ran, then the ablations. An ablation is one knob away from `reference`, so it is compared on
+    its own seeds, not with means over seeds it never ran."""
+    abl = [a for a in arms if a.startswith("abl-")]
+    seeds = sorted({seed[r] for a in abl for r in arms[a]})
+    refs = [(f"{a} (seed {', '.join(map(str, seeds))})", [r for r in arms.get(a, [])
+                                                          if seed[r] in seeds])
+            for a in (baseline, reference)]
+    return [(a, rs) for a, rs in refs if rs] + [(a, arms[a]) for a in abl]
+
+
 def report(runs, metrics, out, baseline="baseline"):
     """out/report.md with its PNGs: arms, mean and 95% CI per metric, paired differences, times."""
     t0 = time.perf_counter()
@@ -257,7 +269,18 @@ def report(runs, metrics, out, baseline="baseline"):
                 for a, rs in arms.items()}
     same = all(torch.equal(ex["frames"], next(iter(examples.values()))["frames"])
                for ex in examples.values())
-    figs = figures(out, stats, {r: read_csv(r / "metrics.csv") for r in runs}, colors, examples)
+    head = [a for a in arms if not a.startswith("abl-")] or list(arms)  # figures: headline arms
+    figs = figures(out, {a: stats[a] for a in head}, {r: read_csv(r / "metrics.csv") for a in head
+                   for r in arms[a]}, colors, {a: examples[a] for a in head})
+    abl = [a for a in arms if a not in head]
+    if abl:  # the ablations beside baseline and agra on the ablations' seeds (as in summary.md)
+        st = {a: {k: mean_ci([metrics[r].get(k) for r in rs]) for k in keys + curve}
+              for a, rs in ablation_rows(arms, seed, baseline)}
+        figs["ablations: success against OOD severity"] = lines(
+            out / "abl_severity.png", st, "success.", "severity", with_id=True)
+        figs["ablations: success against training steps"] = lines(
+            out / "abl_curve.png", st, "success_curve.", "training step")
+        figs = {k: v for k, v in figs.items() if v}
     for a, rs in arms.items():  # copies, so the report folder stands alone (runs/ is not kept)
         shutil.copy(rs[0] / "eval" / "pca.png", out / f"pca_{a}.png")
     md = [(f"# Evaluation report\n\n`python eval.py {' '.join(sys.argv[1:])}`, "
@@ -331,13 +354,11 @@ def summary(arms, metrics, seed, baseline, reference="agra"):
     md = ["Mean ± 95% t-interval over seeds (no interval with one seed).\n",
           *table([(a, arms[a]) for a in head], SUMMARY)]
     if abl:
-        seeds = sorted({seed[r] for a in abl for r in arms[a]})
-        refs = [(f"{a} (seed {', '.join(map(str, seeds))})", rs) for a in (baseline, reference)
-                if (rs := [r for r in arms.get(a, []) if seed[r] in seeds])]
         cols = [c for c in SUMMARY if c[0] not in ("attention.chance", "probe.affordance_acc",
                                                     "video.psnr", "latency.act_ms")]
         md += [(f"\nAblations (each one knob away from `{reference}`), beside `{baseline}` and "
-                f"`{reference}` on the same seeds:\n"), *table(refs + [(a, arms[a]) for a in abl], cols)]
+                f"`{reference}` on the same seeds:\n"),
+               *table(ablation_rows(arms, seed, baseline, reference), cols)]
     md += ["\nSuccess per suite:\n", *table([(a, arms[a]) for a in head + abl],
                                               [(k, k[8:]) for k in suites])]
     base = {seed[r]: m[r] for r in arms.get(baseline, [])}

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,28 @@ def test_report_of_two_runs_has_the_arm_table(runs, tmp_path):
         assert text in md, f"report.md lacks {text!r}"
     for f in ["success.png", "attention.png", "training.png", "pca_agra.png", "pca_baseline.png"]:
         assert (tmp_path / f).is_file() and f"({f})" in md, f"{f} not written or not linked"
+
+
+def test_ablations_get_their_own_table_and_pictures(runs, tmp_path, monkeypatch):
+    """An abl-* arm stays out of the headline pictures and gets its own, beside the baseline and
+    agra runs of its seed; summary.md gets the ablation table."""
+    seen, figures = [], plots.figures
+    monkeypatch.setattr(plots, "figures", lambda out, stats, *a: seen.append(sorted(stats))
+                        or figures(out, stats, *a))
+    abl = tmp_path / "tiny-abl-w1-s0"
+    shutil.copytree(runs / "tiny-agra-s0", abl, ignore=shutil.ignore_patterns("eval"))
+    cfg = yaml.safe_load((abl / "config.yaml").read_text())
+    cfg["align"]["weight"], cfg["name"] = 1.0, abl.name
+    (abl / "config.yaml").write_text(yaml.safe_dump(cfg))
+    ev.main([str(runs / "tiny-baseline-s0"), str(runs / "tiny-agra-s0"), str(abl), "--out",
+             str(tmp_path / "rep"), *SMALL])
+    md, summary = (tmp_path / "rep" / "report.md").read_text(), \
+        (tmp_path / "rep" / "summary.md").read_text()
+    assert seen[-1] == ["agra", "baseline"], f"headline pictures drew {seen[-1]}"
+    for f in ["abl_severity.png", "abl_curve.png"]:
+        assert (tmp_path / "rep" / f).is_file() and f"({f})" in md, f"{f} not written or linked"
+    for row in ["| baseline (seed 0) | 1 |", "| agra (seed 0) | 1 |", "| abl-w1 | 1 |"]:
+        assert row in summary.split("Ablations")[1], f"ablation table lacks {row!r}"
 
 
 def test_readme_block_is_filled_from_the_summary(runs, tmp_path):

@@ -7,9 +7,8 @@
 # Resumable: run it again and it skips finished runs and evaluations and resumes a partial run
 # from its checkpoint. Every run's metrics.json, config and training curve are copied to
 # results/<preset>/runs/ as soon as it is evaluated (checkpoints stay in runs/); the report is
-# built at the end. An interim report of the finished runs, while the study still runs:
-#   R=$(ls results/cpu/runs | sed 's|^|runs/|')
-#   python eval.py $R --out results/cpu --readme README.md
+# built at the end from the finished runs. The same report while the study still runs:
+#   python eval.py $(ls results/cpu/runs | sed 's|^|runs/|') --out results/cpu --readme README.md
 set -euo pipefail
 cd "$(dirname "$0")"
 preset=${1:-cpu}
@@ -82,5 +81,9 @@ echo "$(date -u +%FT%TZ) start: bash study.sh $*  (seeds: $seeds, $jobs jobs) on
   "$cores cores" | tee -a "$out/timing.txt"
 for ((k = 0; k < jobs; k++)); do worker "$k" & done
 wait
-$py eval.py runs/"$preset"-*/ --out "$out" --readme README.md >>"$log" 2>&1
+# the report covers the finished runs only (those evaluated and copied to $out/runs/): a run still
+# going in another study.sh, or one that failed, must not be evaluated half-trained
+finished=$(ls "$out/runs" | sed 's|^|runs/|')
+# shellcheck disable=SC2086
+$py eval.py $finished --out "$out" --readme README.md >>"$log" 2>&1
 echo "$(date -u +%FT%TZ) study finished: $out/report.md" | tee -a "$out/timing.txt"

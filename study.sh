@@ -44,15 +44,35 @@ ARMS+=(
   [abl-weight0.1]="align.weight=0.1"
   [abl-weight2]="align.weight=2.0"
 )
+# the frozen backbone: a video-only pretrain (action loss off) of the same seed and length, then
+# the action head trained alone on its fixed EMA video model; -agra pretrains with the alignment on
+declare -A PRE=(
+  [abl-frozen]="align.weight=0.0 train.action_weight=0.0"
+  [abl-frozen-agra]="align.teacher=oracle train.action_weight=0.0"
+)
+ARMS+=(
+  [abl-frozen]="align.weight=0.0 train.freeze=video"
+  [abl-frozen-agra]="align.weight=0.0 train.freeze=video"
+)
 ablations=(abl-oracle_task abl-layer3 abl-video_pass abl-bridge_single abl-norm_none abl-weight0.1
-           abl-weight2)
+           abl-weight2 abl-frozen abl-frozen-agra)
 
 run_one() {  # arm seed
   local arm=$1 seed=$2 name="$preset-$1-s$2"
   local t0=$SECONDS
   if [ -f "$out/runs/$name/metrics.json" ]; then return; fi
+  local init=()
+  if [ -n "${PRE[$arm]:-}" ]; then  # its pretrain first (kept in $out/pretrain/, never evaluated)
+    local pre="$preset-$arm-pre-s$2"
+    # shellcheck disable=SC2086
+    $py train.py "configs/$preset.yaml" "name=$pre" "train.seed=$seed" ${PRE[$arm]} \
+      >>"$log.$pre" 2>&1 || return 1
+    mkdir -p "$out/pretrain/$pre"
+    cp "runs/$pre/config.yaml" "runs/$pre/metrics.csv" "$out/pretrain/$pre/" || return 1
+    init=("train.init_from=runs/$pre/ckpt.pt")
+  fi
   # shellcheck disable=SC2086
-  $py train.py "configs/$preset.yaml" "name=$name" "train.seed=$seed" ${ARMS[$arm]} \
+  $py train.py "configs/$preset.yaml" "name=$name" "train.seed=$seed" ${ARMS[$arm]} "${init[@]}" \
     >>"$log.$name" 2>&1 || return 1  # (set -e does not reach inside a function run with ||)
   $py eval.py "runs/$name" >>"$log.$name" 2>&1 || return 1
   mkdir -p "$out/runs/$name"

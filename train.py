@@ -52,6 +52,8 @@ class TrainConfig:
     ema: float = 0.995             # EMA decay of the weights used by eval and sampling
     video_weight: float = 1.0      # weight of the video flow-matching loss
     action_weight: float = 1.0     # weight of the action flow-matching loss
+    init_from: str = ""            # a ckpt.pt whose EMA video model (not its action head) starts us
+    freeze: str = "none"           # none | video: train the action head alone on a fixed video model
     seed: int = 0                  # one seed: model init, data order, noise
     device: str = "auto"           # auto | cpu | cuda
     compile: bool = False          # torch.compile the model
@@ -220,6 +222,21 @@ def build_model(cfg):
                len(task_names(cfg.env)), action_dim=2, align_layer=cfg.align.layer)
 
 
+def init_video(model, path, device):
+    """Load the video model (everything but the action head) from a checkpoint's EMA weights."""
+    ema = load_checkpoint(path, device)["ema"]
+    video = {k: v for k, v in ema.items() if not k.startswith("action_head.")}
+    try:
+        missing, unexpected = model.load_state_dict(video, strict=False)
+    except RuntimeError as e:  # shape mismatches: a different model size
+        raise ValueError(f"train.init_from={path}: its video model does not fit this config's "
+                         f"model section ({e})") from e
+    missing = [k for k in missing if not k.startswith("action_head.")]
+    if missing or unexpected:
+        raise ValueError(f"train.init_from={path}: missing video weights {missing}, unexpected "
+                         f"{unexpected}; was it trained with this config's model section?")
+
+
 def save_samples(model, ds, path, n=4):
     """A GIF of imagined futures (bottom) under the true ones (top) for n fixed windows."""
     from PIL import Image
@@ -256,6 +273,14 @@ def train(cfg):
         device = ("cuda" if torch.cuda.is_available() else "cpu") if tc.device == "auto" else tc.device
     if tc.batch_size % world:
         raise ValueError(f"train.batch_size={tc.batch_size} must divide by the {world} ranks")
+    if tc.freeze not in ("none", "video"):
+        raise ValueError(f"train.freeze='{tc.freeze}'; expected 'none' or 'video'")
+    if tc.freeze == "video" and ac.weight > 0:
+        raise ValueError(f"train.freeze='video' with align.weight={ac.weight}: the aligned video "
+                         "model cannot move, only the projector would train; set align.weight=0")
+    if tc.init_from and not Path(tc.init_from).is_file():
+        raise FileNotFoundError(f"train.init_from='{tc.init_from}' is not a file; expected a "
+                                "run's ckpt.pt (for example runs/<pretrain>/ckpt.pt)")
     master = rank == 0
     ctx = nullcontext() if device == "cpu" else torch.autocast("cuda", dtype=torch.bfloat16)
     out = Path(tc.out_dir) / cfg.name
@@ -277,8 +302,17 @@ def train(cfg):
         torch.distributed.barrier()  # caches written: the other ranks read them now
     torch.manual_seed(tc.seed)  # same initial weights for every arm of a seed
     model = build_model(cfg).to(device)
+    if tc.init_from and not ckpt_path.exists():  # on resume the checkpoint has every weight
+        init_video(model, tc.init_from, device)
+        if master:
+            print(f"video model from the EMA weights of {tc.init_from}; action head fresh")
+    if tc.freeze == "video":
+        model.requires_grad_(False).action_head.requires_grad_(True)
+        if master:
+            where = f"from {tc.init_from}" if tc.init_from else "at its random init, no init_from"
+            print(f"video model frozen ({where}); training the action head only")
     ema = copy.deepcopy(model).requires_grad_(False)
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]
     projector = None
     if ac.weight > 0:
         with torch.random.fork_rng(devices=[]):
@@ -293,11 +327,10 @@ def train(cfg):
     start = 0
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, device)
-        want = asdict(cfg)
+        want, had = asdict(cfg), asdict(config_from_dict(ckpt["config"]))  # keys added since: default
         diff = [f"{s}.{k}" for s in want if isinstance(want[s], dict)
-                for k in set(want[s]) | set(ckpt["config"].get(s, {}))
-                if want[s].get(k) != ckpt["config"].get(s, {}).get(k)]
-        diff += [s for s in want if not isinstance(want[s], dict) and want[s] != ckpt["config"][s]]
+                for k in set(want[s]) | set(had[s]) if want[s].get(k) != had[s].get(k)]
+        diff += [s for s in want if not isinstance(want[s], dict) and want[s] != had[s]]
         if diff:
             raise ValueError(f"{ckpt_path} was trained with a different config ({', '.join(diff)}); "
                              "use another name= or move the run away")

@@ -173,3 +173,54 @@ def test_torchrun_two_ranks_on_cpu(tmp_path):
     assert ckpt["step"] == 6, f"checkpoint at step {ckpt['step']}, expected 6"
     model = train.build_model(train.load_config(TINY))
     assert set(ckpt["model"]) == set(model.state_dict()), "DDP-prefixed or missing parameter names"
+
+
+def test_frozen_video_model_trains_the_action_head_alone(tmp_path):
+    """init_from + freeze=video: the video model is the pretrain's EMA weights, bit for bit, at the
+    end of training, and only the action head (starting from the seed's fresh init) moved."""
+    pre = train.load_config(TINY, run_args(tmp_path, "pre", "train.steps=20", "train.action_weight=0.0",
+                                           "align.weight=0.0"))
+    train.train(pre)
+    ckpt = tmp_path / "runs" / "pre" / "ckpt.pt"
+    cfg = train.load_config(TINY, run_args(tmp_path, "frozen", "train.steps=20", "align.weight=0.0",
+                                           f"train.init_from={ckpt}", "train.freeze=video"))
+    train.train(cfg)
+    pre_ema = torch.load(ckpt, weights_only=True)["ema"]
+    after = torch.load(tmp_path / "runs" / "frozen" / "ckpt.pt", weights_only=True)
+    torch.manual_seed(cfg.train.seed)
+    fresh = train.build_model(cfg).state_dict()
+    moved = 0
+    for k, v in after["model"].items():
+        if k.startswith("action_head."):
+            moved += not torch.equal(v, fresh[k])
+        else:
+            assert torch.equal(v, pre_ema[k]), f"frozen video weight {k} changed"
+            assert torch.equal(after["ema"][k], pre_ema[k]), f"EMA of frozen {k} changed"
+    assert moved > 10, f"only {moved} action-head tensors changed: the head did not train"
+
+
+def test_freeze_and_init_from_reject_bad_values(tmp_path):
+    """A bad freeze value, aligning a frozen model, and a missing init_from each stop before any
+    work, naming the value."""
+    cases = [(["train.freeze=all", "align.weight=0.0"], "train.freeze='all'"),
+             (["train.freeze=video", "align.weight=0.5"], "align.weight=0.5"),
+             ([f"train.init_from={tmp_path}/nope.pt"], "nope.pt")]
+    for extra, needle in cases:
+        cfg = train.load_config(TINY, run_args(tmp_path, "bad", *extra))
+        with pytest.raises((ValueError, FileNotFoundError), match=needle.replace(".", r"\.")):
+            train.train(cfg)
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_resume_accepts_a_checkpoint_from_before_a_key_was_added(tmp_path):
+    """A checkpoint whose saved config lacks a key added later (at its default) still resumes."""
+    cfg = train.load_config(TINY, run_args(tmp_path, "old", "train.steps=20"))
+    train.train(cfg)
+    path = tmp_path / "runs" / "old" / "ckpt.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["train"]["freeze"], ckpt["config"]["train"]["init_from"]
+    torch.save(ckpt, path)
+    train.train(cfg)  # same config: resumes at its last step, no complaint about the new keys
+    cfg = train.load_config(TINY, run_args(tmp_path, "old", "train.steps=40"))
+    with pytest.raises(ValueError, match=r"different config \(train\.steps\)"):  # still caught
+        train.train(cfg)

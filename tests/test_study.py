@@ -1,0 +1,84 @@
+"""study.sh's orchestration, with a stand-in for python that records each command (no training)."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAKE = r"""#!/usr/bin/env bash
+# stands in for python: logs the command, makes the files train.py / eval.py would
+echo "$*" >> calls.txt
+script=$1; shift
+if [ "$script" = train.py ]; then
+  for a in "$@"; do case $a in name=*) name=${a#name=};; train.init_from=*)
+    test -f "${a#train.init_from=}" || { echo "init_from missing: $a" >&2; exit 1; };; esac; done
+  mkdir -p "runs/$name" && touch "runs/$name/config.yaml" "runs/$name/metrics.csv" "runs/$name/ckpt.pt"
+elif [ "$script" = eval.py ] && [ "$#" = 1 ]; then
+  mkdir -p "$1/eval" && echo {} > "$1/eval/metrics.json"
+fi
+"""
+
+
+def study(tmp_path, *args, seeds="0 1"):
+    shutil.copy(ROOT / "study.sh", tmp_path)
+    fake = tmp_path / "fakepy"
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "SEEDS": seeds, "JOBS": "2"}
+    p = subprocess.run(["bash", "study.sh", "tiny", *args], check=False, cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return (tmp_path / "calls.txt").read_text().splitlines()
+
+
+def trains(calls):
+    """name -> the overrides of its train.py call, without name=."""
+    out = {}
+    for c in calls:
+        if c.startswith("train.py"):
+            words = c.split()[2:]
+            name = next(w for w in words if w.startswith("name="))[5:]
+            out[name] = [w for w in words if not w.startswith("name=")]
+    return out
+
+
+def test_arms_of_a_seed_differ_only_in_their_knob(tmp_path):
+    """Each headline run gets its seed and exactly its arm's overrides; nothing else differs."""
+    t = trains(study(tmp_path, "headline"))
+    assert sorted(t) == sorted(f"tiny-{a}-s{s}" for s in (0, 1)
+                               for a in ("baseline", "agra", "agra-random", "agra-shuffled"))
+    knobs = {"baseline": ["align.weight=0.0"], "agra": ["align.teacher=oracle"],
+             "agra-random": ["align.teacher=random"], "agra-shuffled": ["align.teacher=shuffled"]}
+    for s in (0, 1):
+        for arm, knob in knobs.items():
+            assert t[f"tiny-{arm}-s{s}"] == [f"train.seed={s}", *knob]
+
+
+def test_frozen_ablations_train_their_pretrain_first_and_start_from_it(tmp_path):
+    """abl-frozen(-agra) runs its own video-only pretrain (same seed), then trains from its
+    checkpoint with the video model frozen; the pretrain is never evaluated nor reported."""
+    calls = study(tmp_path, "ablations")
+    t = trains(calls)
+    for arm, pre_knob in [("abl-frozen", "align.weight=0.0"), ("abl-frozen-agra",
+                                                                "align.teacher=oracle")]:
+        pre, run = f"tiny-{arm}-pre-s0", f"tiny-{arm}-s0"
+        assert t[pre] == ["train.seed=0", pre_knob, "train.action_weight=0.0"]
+        assert t[run] == ["train.seed=0", "align.weight=0.0", "train.freeze=video",
+                          f"train.init_from=runs/{pre}/ckpt.pt"]
+        order = [c.split()[2] for c in calls if c.startswith("train.py")]
+        assert order.index(f"name={pre}") < order.index(f"name={run}")
+        assert f"eval.py runs/{pre}" not in calls
+        assert (tmp_path / "results/tiny/pretrain" / pre / "metrics.csv").exists()
+        assert not (tmp_path / "results/tiny/runs" / pre).exists()
+    report = [c for c in calls if c.startswith("eval.py") and "--out" in c]
+    assert len(report) == 1 and "pre-s0" not in report[0]
+
+
+def test_a_second_call_skips_finished_runs(tmp_path):
+    """Run again, the study trains and evaluates nothing it finished (only the report is rebuilt)."""
+    first = study(tmp_path, "headline", seeds="0")
+    (tmp_path / "calls.txt").unlink()
+    again = study(tmp_path, "headline", seeds="0")
+    assert len(first) == 9  # 4 trains, 4 evals, the report
+    assert again == [c for c in first if "--out" in c]

@@ -369,6 +369,16 @@ def latency_part(model, cfg, held, device, out):
 # one run: reuse what is done, measure the rest, draw its pictures
 
 
+def same_config(old, new):
+    """A saved config (meta.json's) equals new, keys added to the code since it was written counting
+    as the default they had then: the run could not have used another value."""
+    import train  # at call time: train.py imports EvalConfig from this file at its top
+    default = asdict(train.Config())
+    filled = {s: {**default[s], **old[s]} if isinstance(default.get(s), dict) and
+              isinstance(old.get(s), dict) else old.get(s) for s in new}
+    return filled == new
+
+
 def evaluate(run, overrides=(), force=False):
     """Metrics of one run folder (flat keys), written with its pictures to RUN_DIR/eval/."""
     import train  # at call time: train.py imports EvalConfig from this file at its top
@@ -387,7 +397,7 @@ def evaluate(run, overrides=(), force=False):
     m, meta = {}, {"step": ckpt["step"], "config": conf, "suites": defs, "times": {}}
     done = (out / "meta.json").exists() and (out / "metrics.json").exists()
     old = json.loads((out / "meta.json").read_text()) if done else None
-    if old and not force and [old["step"], old["config"]] == [meta["step"], conf]:
+    if old and not force and old["step"] == meta["step"] and same_config(old["config"], conf):
         stale = {s for s in defs if old["suites"].get(s, defs[s]) != defs[s]}  # redefined suites
         m = {k: v for k, v in json.loads((out / "metrics.json").read_text()).items()
              if not k.startswith("success") or re.split(r"[.@]", k)[1] not in stale}

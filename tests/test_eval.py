@@ -275,3 +275,21 @@ def test_readme_block_is_filled_from_the_summary(runs, tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="results:"):
         ev.main([*args, "--readme", str(readme)])
+
+
+def test_eval_saved_before_a_config_key_existed_is_reused(runs):
+    """A meta.json written before a config key was added (the run used its default) is reused;
+    a real difference in a saved value still recomputes."""
+    run = runs / "tiny-baseline-s0"
+    ev.evaluate(run, SMALL)
+    meta_path, metrics_path = run / "eval" / "meta.json", run / "eval" / "metrics.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["train"]["freeze"]
+    meta_path.write_text(json.dumps(meta))
+    stored = json.loads(metrics_path.read_text())
+    truth, stored["success.id"] = stored["success.id"], -1.0  # a marker: kept if reused
+    metrics_path.write_text(json.dumps(stored))
+    assert ev.evaluate(run, SMALL)["success.id"] == -1.0, "an eval from before the key was redone"
+    meta["config"]["train"]["ema"] = 0.5  # a value the run did not have
+    meta_path.write_text(json.dumps(meta))
+    assert ev.evaluate(run, SMALL)["success.id"] == truth, "a changed config was not recomputed"

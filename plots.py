@@ -64,6 +64,8 @@ def arms_of(runs):
     groups = {}
     for r in runs:
         c = flat(yaml.safe_load((r / "config.yaml").read_text()))
+        if c.get("train.init_from"):  # each seed starts from its own seed's pretrain: one arm
+            c["train.init_from"] = re.sub(r"[-_]s(eed)?\d+(?=[/\\])", "", c["train.init_from"])
         key = json.dumps({k: v for k, v in c.items()
                           if k not in ARM_FREE and not k.startswith("eval.")}, sort_keys=True)
         groups.setdefault(key, []).append(r)

@@ -98,6 +98,20 @@ def test_mean_ci_and_arms(tmp_path):
         "agra": ["x-agra-s0"], "baseline": ["x-baseline-s0", "x-baseline-s1"]}, arms
 
 
+def test_frozen_arms_group_over_seeds_and_apart_by_pretrain(tmp_path):
+    """Runs started from their own seed's pretrain form one arm; another pretrain, another arm."""
+    for arm, pre in [("frozen", "frozen-pre"), ("frozen-agra", "frozen-agra-pre")]:
+        for seed in (0, 1):
+            name = f"x-{arm}-s{seed}"
+            cfg = {"name": name, "train": {"seed": seed, "init_from": f"runs/x-{pre}-s{seed}/ckpt.pt"}}
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(cfg))
+    arms = plots.arms_of(sorted(tmp_path.iterdir()))
+    assert {a: [r.name for r in rs] for a, rs in arms.items()} == {
+        "frozen": ["x-frozen-s0", "x-frozen-s1"],
+        "frozen-agra": ["x-frozen-agra-s0", "x-frozen-agra-s1"]}, arms
+
+
 def test_ablation_table_compares_on_the_ablations_seeds_only():
     """Ablations run on seed 0 sit beside the baseline and agra rows of seed 0 alone (not the
     means over every seed), and each gets its paired difference to the baseline."""

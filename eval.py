@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from tqdm import tqdm
 
 import align
@@ -369,6 +370,19 @@ def latency_part(model, cfg, held, device, out):
 # one run: reuse what is done, measure the rest, draw its pictures
 
 
+def teacher_of(cfg):
+    """The teacher a run used; for a run started from a pretrain (train.init_from), the pretrain's
+    too, read from the config.yaml beside its checkpoint."""
+    if not cfg.train.init_from:
+        return cfg.align.teacher_used
+    pre = Path(cfg.train.init_from).parent / "config.yaml"
+    if not pre.is_file():
+        print(f"WARNING: {pre} (the pretrain's config) is missing; its teacher is reported as '?'")
+        return f"{cfg.align.teacher_used} (pretrain: ?)"
+    pre_teacher = yaml.safe_load(pre.read_text())["align"]["teacher_used"]
+    return f"{cfg.align.teacher_used} (pretrain: {pre_teacher})"
+
+
 def same_config(old, new):
     """A saved config (meta.json's) equals new, keys added to the code since it was written counting
     as the default they had then: the run could not have used another value."""
@@ -432,7 +446,7 @@ def evaluate(run, overrides=(), force=False):
               for p in ["success", "success_curve"]})
     m.update({f"time.{p}": t[p] for p in [*PARTS, "heldout"] if p in t})
     m["time.total"] = sum(v for k, v in m.items() if k.startswith("time.") and k != "time.total")
-    m = dict(sorted({**m, "teacher": cfg.align.teacher_used, "step": ckpt["step"]}.items()))
+    m = dict(sorted({**m, "teacher": teacher_of(cfg), "step": ckpt["step"]}.items()))
     (out / "metrics.json").write_text(json.dumps(m, indent=1))
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     plots.run_pictures(out, run, m, cfg, torch.load(out / "examples.pt", weights_only=True))

@@ -358,8 +358,8 @@ def summary(arms, metrics, seed, baseline, reference="agra"):
     if abl:
         cols = [c for c in SUMMARY if c[0] not in ("attention.chance", "probe.affordance_acc",
                                                     "video.psnr", "latency.act_ms")]
-        md += [(f"\nAblations (each one knob away from `{reference}`), beside `{baseline}` and "
-                f"`{reference}` on the same seeds:\n"),
+        md += [(f"\nAblations (what each changes: the report's arms table), beside `{baseline}` "
+                f"and `{reference}` on the same seeds:\n"),
                *table(ablation_rows(arms, seed, baseline, reference), cols)]
     md += ["\nSuccess per suite:\n", *table([(a, arms[a]) for a in head + abl],
                                               [(k, k[8:]) for k in suites])]

@@ -307,3 +307,18 @@ def test_eval_saved_before_a_config_key_existed_is_reused(runs):
     meta["config"]["train"]["ema"] = 0.5  # a value the run did not have
     meta_path.write_text(json.dumps(meta))
     assert ev.evaluate(run, SMALL)["success.id"] == truth, "a changed config was not recomputed"
+
+
+def test_a_frozen_runs_teacher_names_its_pretrains(tmp_path):
+    """A run started from a pretrain reports its own teacher and the pretrain's (from the config
+    beside the checkpoint), and says '?' when that config is gone."""
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    (pre / "config.yaml").write_text(yaml.safe_dump({"align": {"teacher_used": "oracle"}}))
+    cfg = train.load_config(TINY, ["align.weight=0.0", f"train.init_from={pre}/ckpt.pt"])
+    cfg.align.teacher_used = "none"
+    assert ev.teacher_of(cfg) == "none (pretrain: oracle)"
+    (pre / "config.yaml").unlink()
+    assert ev.teacher_of(cfg) == "none (pretrain: ?)"
+    cfg.train.init_from = ""
+    assert ev.teacher_of(cfg) == "none"

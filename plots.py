@@ -174,23 +174,31 @@ def pca_rgb(f):
     x = f.flatten(0, 2).float()                                                 # (n*h*w, D)
     x = x - x.mean(0)
     y = x @ torch.linalg.svd(x, full_matrices=False)[2][:3].T                  # (n*h*w, 3)
+    y = y * y.gather(0, y.abs().argmax(0, keepdim=True)).sign()  # SVD's sign: largest value > 0
     y = (y - y.min(0).values) / (y.max(0).values - y.min(0).values).clamp_min(1e-8)
     return y.view(*f.shape[:3], 3)                                              # (n, h, w, 3)
 
 
+def without_position(f):
+    """Features (n, h, w, D) minus each grid cell's mean over the n windows: what is left is what
+    differs between frames at that cell (the content), not the position code every frame shares."""
+    return f - f.mean(0, keepdim=True)
+
+
 def pca(path, ex):
-    """The current frame, then the top-3 PCA of the interface features and of the teacher's."""
+    """The current frame, the top-3 PCA of the interface features (as they are, then with each
+    cell's mean over the shown windows removed) and the top-3 PCA of the teacher's."""
     n = len(ex["frames"])
-    fig, axes = plt.subplots(3, n, squeeze=False, figsize=(1.7 * n, 5.4))
-    names = ["frame", f"layer {ex['layer']}", f"teacher: {ex['teacher_name']}"[:28]]
-    student, teacher = pca_rgb(ex["student"]), pca_rgb(ex["teacher"])          # (n, h, w, 3) each
-    for i in range(n):
-        imgs = [ex["frames"][i].permute(1, 2, 0), student[i], teacher[i]]
-        for r, img in enumerate(imgs):
-            axes[r][i].imshow(img.numpy(), interpolation="nearest")
+    fig, axes = plt.subplots(4, n, squeeze=False, figsize=(1.7 * n, 7.2))
+    names = ["frame", f"layer {ex['layer']}", f"layer {ex['layer']}, cell mean removed",
+             f"teacher: {ex['teacher_name']}"[:28]]
+    rows = [ex["frames"].permute(0, 2, 3, 1), pca_rgb(ex["student"]),                # (n, h, w, 3)
+            pca_rgb(without_position(ex["student"])), pca_rgb(ex["teacher"])]
+    for r, imgs in enumerate(rows):
+        for i in range(n):
+            axes[r][i].imshow(imgs[i].numpy(), interpolation="nearest")
             axes[r][i].set(xticks=[], yticks=[])
-    for r, name in enumerate(names):
-        axes[r][0].set_ylabel(name, fontsize=7)
+        axes[r][0].set_ylabel(names[r], fontsize=7)
     return save(fig, path)
 
 
@@ -309,7 +317,11 @@ def report(runs, metrics, out, baseline="baseline"):
         md += [f"\nNo paired differences: no arm named `{baseline}` shares a seed with another."]
     md += ["\n## Pictures\n"] + [f"### {t}\n\n![{t}]({f})\n" for t, f in figs.items()]
     md += ["" if same else "(The arms' held-out inputs differ: their data configs differ.)\n"]
-    md += ["### PCA of interface features next to the teacher's\n"]
+    md += ["### PCA of interface features next to the teacher's\n",
+           ("Rows: the current frame; the top 3 principal components of the aligned layer's "
+            "foresight features as they are (mostly the token's position), then with each grid "
+            "cell's mean over the shown windows removed (what differs between frames); the "
+            "teacher's. Seed of each arm's first run.\n")]
     md += [f"{a}:\n\n![pca {a}](pca_{a}.png)\n" for a in arms]
     parts = [f"time.{p}" for p in TIMES if any(f"time.{p}" in metrics[r] for r in runs)]
     md += ["## Time (seconds)\n", "| run | " + " | ".join(p[5:] for p in parts) + " |",

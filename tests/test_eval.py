@@ -84,6 +84,17 @@ def test_token_edits_touch_only_the_marked_tokens():
         ev.edit_tokens(h, m, "blur", gen)
 
 
+def test_pca_without_position_sees_content_only():
+    """A position code shared by every window (however large) leaves the content PCA unchanged."""
+    gen = torch.Generator().manual_seed(0)
+    content = torch.randn(6, 4, 4, 16, generator=gen)                          # (n, h, w, D)
+    position = 100 * torch.randn(1, 4, 4, 16, generator=gen).expand(6, -1, -1, -1)
+    a = plots.pca_rgb(plots.without_position(content + position))
+    b = plots.pca_rgb(plots.without_position(content))
+    assert torch.allclose(a, b, atol=1e-3), (a - b).abs().max()
+    assert not torch.allclose(plots.pca_rgb(content + position), b, atol=0.1)  # raw: position wins
+
+
 def test_mean_ci_and_arms(tmp_path):
     """Three seeds 1, 2, 3 give mean 2 +- 4.303/sqrt(3); runs differing in seed only form one arm."""
     mu, half, n = plots.mean_ci([1.0, 2.0, 3.0, math.nan])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The study: baseline WAM vs AGRA vs the two controls, paired seeds, then the ablations.
-#   bash study.sh cpu            # headline (5 seeds) then ablations, on configs/cpu.yaml
+#   bash study.sh cpu            # headline seeds 0-2, the ablations, seeds 3-4; configs/cpu.yaml
 #   SEEDS="0 1 2" bash study.sh cpu headline     # fewer seeds, headline only
 #   JOBS=2 bash study.sh cpu     # runs at once, each on nproc / JOBS threads (default 2 on 2 cores:
 #                                # one thread each is faster in sum than two threads for one run)
@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 preset=${1:-cpu}
 part=${2:-all}                  # headline | ablations | all
+case $part in headline | ablations | all) ;;
+  *) echo "study.sh: part '$part'; expected headline, ablations or all" >&2; exit 2 ;; esac
 seeds=${SEEDS:-"0 1 2 3 4"}     # 5: with 3 the arms' intervals overlapped
 jobs=${JOBS:-2}
 cores=$(getconf _NPROCESSORS_ONLN)  # not nproc: nproc obeys OMP_NUM_THREADS
@@ -82,13 +84,20 @@ run_one() {  # arm seed
     | tee -a "$out/timing.txt"
 }
 
-queue=()  # "arm seed", in the order they should finish: seeds outer, so each seed is a pairing
-if [ "$part" = headline ] || [ "$part" = all ]; then
-  for seed in $seeds; do for arm in "${headline[@]}"; do queue+=("$arm $seed"); done; done
-fi
+# "arm seed", in the order they should finish: seeds outer, so each seed is a pairing; with `all`
+# the first three seeds, then the ablations, then the other seeds, so the smallest complete study
+# (three seeds per arm and every ablation) is in before more seeds narrow the intervals
+queue=()
+read -ra seed_list <<<"$seeds"
+add_headline() {  # seed ...
+  for seed in "$@"; do for arm in "${headline[@]}"; do queue+=("$arm $seed"); done; done
+}
+if [ "$part" = headline ]; then add_headline "${seed_list[@]}"; fi
+if [ "$part" = all ]; then add_headline "${seed_list[@]:0:3}"; fi
 if [ "$part" = ablations ] || [ "$part" = all ]; then
   for arm in "${ablations[@]}"; do queue+=("$arm 0"); done
 fi
+if [ "$part" = all ]; then add_headline "${seed_list[@]:3}"; fi
 worker() {  # worker k takes queue items k, k + jobs, ...
   for ((i = $1; i < ${#queue[@]}; i += jobs)); do
     # shellcheck disable=SC2086

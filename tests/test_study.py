@@ -20,14 +20,16 @@ fi
 """
 
 
-def study(tmp_path, *args, seeds="0 1"):
+def study(tmp_path, *args, seeds="0 1", jobs=2, ok=True):
     shutil.copy(ROOT / "study.sh", tmp_path)
     fake = tmp_path / "fakepy"
     fake.write_text(FAKE)
     fake.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "SEEDS": seeds, "JOBS": "2"}
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "SEEDS": seeds, "JOBS": str(jobs)}
     p = subprocess.run(["bash", "study.sh", "tiny", *args], check=False, cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
+    if not ok:
+        return p
     assert p.returncode == 0, p.stdout + p.stderr
     return (tmp_path / "calls.txt").read_text().splitlines()
 
@@ -82,3 +84,19 @@ def test_a_second_call_skips_finished_runs(tmp_path):
     again = study(tmp_path, "headline", seeds="0")
     assert len(first) == 9  # 4 trains, 4 evals, the report
     assert again == [c for c in first if "--out" in c]
+
+
+def test_all_runs_three_seeds_then_the_ablations_then_the_other_seeds(tmp_path):
+    """`all` finishes the smallest complete study (three seeds, every ablation) before seed 3."""
+    order = list(trains(study(tmp_path, "all", seeds="0 1 2 3", jobs=1)))
+    seed = [int(n.rsplit("-s", 1)[1]) if not n.startswith("tiny-abl") else None for n in order]
+    abl = [i for i, s in enumerate(seed) if s is None]
+    assert seed[:abl[0]] == [0] * 4 + [1] * 4 + [2] * 4, order
+    assert abl == list(range(12, 12 + len(abl))) and seed[abl[-1] + 1:] == [3] * 4, order
+
+
+def test_an_unknown_part_is_refused(tmp_path):
+    """A misspelt part fails at once with its name, and trains nothing."""
+    p = study(tmp_path, "headlines", ok=False)
+    assert p.returncode == 2 and "'headlines'" in p.stderr, p.stderr
+    assert not (tmp_path / "calls.txt").exists()

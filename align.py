@@ -10,6 +10,7 @@ Every teacher is an nn.Module called as teacher(batch) on the data batch dict ->
 # B batch   T frames   h, w token grid   N = h*w   D width   Dt teacher dim   p patch
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,17 @@ from world import PALETTE, SHAPES
 
 TEACHERS = ["oracle", "oracle_task", "dinov2", "random", "shuffled"]
 SEED = 1234  # fixes the oracle lift, the shuffles and the random ViT across runs
+
+
+@contextlib.contextmanager
+def seeded_rng(seed=None):
+    """Runs the body on torch's global RNG (seeded with `seed` unless None), then restores the CPU's
+    and every GPU's RNG state, so the body never shifts the caller's random stream. (fork_rng with
+    devices=[] restores the CPU's alone, yet manual_seed reseeds the GPUs too.)"""
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 @dataclass
@@ -274,8 +286,7 @@ def build_vit(a, grid, weights):
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"align.teacher_weights={str(weights)!r} does not exist")
     res = a.teacher_res or 14 * grid  # DINOv2's patch is 14 px: one ViT patch per model token
-    with torch.random.fork_rng(devices=[]):  # fixed init, and the caller's RNG stream is untouched
-        torch.manual_seed(SEED)
+    with seeded_rng(SEED):  # fixed init, and the caller's RNG stream is untouched
         vit = timm.create_model(a.teacher_name, pretrained=False, num_classes=0, img_size=res)
     if res % vit.patch_embed.patch_size[0]:
         raise ValueError(f"align.teacher_res={res} must be a multiple of the teacher's patch "

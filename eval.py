@@ -15,7 +15,8 @@ the checkpoint and the config they depend on are unchanged (--force recomputes t
       intervention.sensitivity_ratio = relevant / irrelevant (higher is better)
   intervention.hidden.<op>.<region|background>, intervention.hidden_ratio   the same for edits of the
       interface tokens (mean, zeros, shuffle, swap)
-  probe.localization_acc, probe.affordance_acc, probe.chance   linear probes on frozen features
+  probe.<localization|affordance>_acc   linear probes for the target's / the contact point's token
+      on the aligned layer; probe.read.*: on the layers the action head reads; *_chance: majority
   video.psnr   latency.act_ms   teacher   step   time.<part> (seconds)
 """
 # B episodes or windows   T frames   N = g*g tokens per frame   D width   Ha horizon   A = 2
@@ -298,8 +299,7 @@ def linear_probe(feats, labels, train_mask, steps, seed=0):
     feats (B, N, D), labels (B,) token ids, train_mask (B,) bool."""
     f = feats[train_mask]                                                       # (Btr, N, D)
     x = (feats - f.mean((0, 1))) / (f.std((0, 1)) + 1e-6)                      # (B, N, D)
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(seed)
+    with align.seeded_rng(seed), torch.enable_grad():
         lin = torch.nn.Linear(x.shape[-1], 1)
         opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
         for _ in range(steps):
@@ -313,15 +313,22 @@ def linear_probe(feats, labels, train_mask, steps, seed=0):
 
 @torch.no_grad()
 def probe_part(model, cfg, held, device, out):
-    """Linear probes on the aligned layer's tokens of each window's current frame: which token holds
-    the target, and which the contact point (where the gripper's centre must be, as world.expert
-    aims: behind the target as seen from the goal for push, its side facing the gripper for reach).
-    Trained on half the held-out episodes, tested on the other half."""
+    """Linear probes on the current frame's tokens for which token holds the target, and which
+    the contact point (where the gripper's centre must be, as world.expert aims: behind the target
+    as seen from the goal for push, its side facing the gripper for reach). Two feature sets: the
+    aligned layer (what the alignment writes: probe.*) and the layers the action head reads,
+    concatenated (what it can use: probe.read.*); chance = always the training half's most
+    common cell. Trained on half the held-out episodes, tested on the other half."""
     (demos, ds), ec, g, env = held, cfg.eval, model.grid, cfg.env
     batch = windows(ds, ec.probe_samples, ec.seed + 2)
-    hidden, _ = interface(model, cfg, batch, device, [cfg.align.layer])  # blocks after it skipped
-    feats = hidden[cfg.align.layer].view(len(batch["task"]), -1, g * g, cfg.model.width)
-    feats = feats[:, cfg.data.n_ctx - 1].float().cpu()                          # (B, N, D)
+    read = sorted(set(model.bridge_layers()))
+    hidden, _ = interface(model, cfg, batch, device, [cfg.align.layer, *read])
+
+    def current(layer):  # (B, N, D) of the last context frame
+        h = hidden[layer].view(len(batch["task"]), -1, g * g, cfg.model.width)
+        return h[:, cfg.data.n_ctx - 1].float().cpu()
+    feats = {"probe.": current(cfg.align.layer),
+             "probe.read.": torch.cat([current(layer) for layer in read], -1)}  # (B, N, D*len)
     fi = batch["frame_index"][:, cfg.data.n_ctx - 1]                            # (B,)
     e, t = fi // demos["frames"].shape[1], fi % demos["frames"].shape[1]        # episode, time
     target, gripper = demos["blocks"][e, t, 0], demos["gripper"][e, t]          # (B, 2) each
@@ -332,11 +339,16 @@ def probe_part(model, cfg, held, device, out):
         contact = target + R * F.normalize(gripper - target, dim=1)             # (B, 2)
     else:
         raise ValueError(f"env.task={env.task!r}; expected 'reach' or 'push'")
-    cell = [(p * g).long().clamp(0, g - 1) for p in (target, contact)]          # (B, 2) col, row
     train_mask = e < demos["frames"].shape[0] // 2  # disjoint episodes train / test
-    loc, aff = [linear_probe(feats, c[:, 1] * g + c[:, 0], train_mask, ec.probe_steps)
-                for c in cell]
-    return {"probe.localization_acc": loc, "probe.affordance_acc": aff, "probe.chance": 1 / g**2}
+    m = {}
+    for what, p in [("localization", target), ("affordance", contact)]:
+        cell = (p * g).long().clamp(0, g - 1)                                   # (B, 2) col, row
+        labels = cell[:, 1] * g + cell[:, 0]                                    # (B,) token id
+        mode = labels[train_mask].mode().values
+        m[f"probe.{what}_chance"] = (labels[~train_mask] == mode).float().mean().item()
+        for key, f in feats.items():
+            m[f"{key}{what}_acc"] = linear_probe(f, labels, train_mask, ec.probe_steps)
+    return m
 
 
 @torch.no_grad()
@@ -418,6 +430,8 @@ def evaluate(run, overrides=(), force=False):
         meta.update(suites={**old["suites"], **defs}, times=old["times"])
     if not (out / "examples.pt").exists():
         m.pop("time.attention", None)
+    if "probe.read.localization_acc" not in m:  # saved before the head-input probe: probe again
+        m = {k: v for k, v in m.items() if not k.startswith("probe.") and k != "time.probe"}
     snaps = {int(p.stem.split("_")[1]): p for p in run.glob("snapshots/ema_*.pt")}
     todo = [("success", s) for s in suites if f"success.{s}" not in m]
     todo += [("success_curve", f"{s}@{k}") for k in sorted(snaps) for s in ec.curve_suites

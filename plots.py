@@ -338,7 +338,8 @@ SUMMARY = [("success.id", "ID success"), ("success.ood", "OOD success (mean of s
            ("attention.in_mask", "attn in mask"), ("attention.chance", "chance"),
            ("attention.centroid_error", "centroid err (cells)"),
            ("intervention.sensitivity_ratio", "sensitivity ratio"),
-           ("probe.localization_acc", "probe: target"), ("probe.affordance_acc", "probe: contact"),
+           ("probe.localization_acc", "probe: target, aligned layer"),
+           ("probe.read.localization_acc", "probe: target, head's input"),
            ("video.psnr", "PSNR (dB)"), ("latency.act_ms", "act() ms")]
 
 
@@ -368,8 +369,8 @@ def summary(arms, metrics, seed, baseline, reference="agra"):
     md = ["Mean ± 95% t-interval over seeds (no interval with one seed).\n",
           *table([(a, arms[a]) for a in head], SUMMARY)]
     if abl:
-        cols = [c for c in SUMMARY if c[0] not in ("attention.chance", "probe.affordance_acc",
-                                                    "video.psnr", "latency.act_ms")]
+        cols = [c for c in SUMMARY if c[0] not in ("attention.chance", "video.psnr",
+                                                    "latency.act_ms")]
         md += [(f"\nAblations (what each changes: the report's arms table), beside `{baseline}` "
                 f"and `{reference}` on the same seeds:\n"),
                *table(ablation_rows(arms, seed, baseline, reference), cols)]

@@ -31,6 +31,7 @@ from align import (
     agra_loss,
     build_projector,
     build_teacher,
+    seeded_rng,
     teacher_batch,
     teacher_features,
 )
@@ -244,8 +245,7 @@ def save_samples(model, ds, path, n=4):
     device = next(model.parameters()).device
     nc = ds.data.n_ctx
     ctx, task = batch["video"][:, :nc].to(device), batch["task"].to(device)
-    with torch.random.fork_rng(devices=[]):  # sampling must not shift the training noise stream
-        torch.manual_seed(0)
+    with seeded_rng(0):  # sampling must not shift the training noise stream
         fake = model.imagine(ctx, task).cpu()                           # (n, Tf, 3, H, W)
     real = batch["video"]                                               # (n, T, 3, H, W)
     fake = torch.cat([real[:, :nc], fake], 1)                           # (n, T, 3, H, W)
@@ -293,7 +293,7 @@ def train(cfg):
     ds = Dataset(demos, cfg.data)
     teacher = cache = None
     if ac.weight > 0:
-        with torch.random.fork_rng(devices=[]):  # the teacher never shifts the shared RNG stream
+        with seeded_rng():  # the teacher never shifts the shared RNG stream
             teacher, cfg.align.teacher_used = build_teacher(cfg)
             cache = teacher_features(cfg, teacher, ac.teacher_used, demos) if ac.cache else None
     else:
@@ -315,8 +315,7 @@ def train(cfg):
     params = [p for p in model.parameters() if p.requires_grad]
     projector = None
     if ac.weight > 0:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(tc.seed + 1)
+        with seeded_rng(tc.seed + 1):  # the baseline, without a projector, draws the same noise
             projector = build_projector(cfg.model.width, ac.proj_hidden, teacher.dim).to(device)
         params += list(projector.parameters())
     decay = [p for p in params if p.dim() >= 2]

@@ -50,6 +50,21 @@ def demos_fixture(E=2, L1=3, K=2):
             "task": torch.arange(E), "hash": "testdemos"}
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the GPU's RNG needs a CUDA GPU"))])
+def test_seeded_rng_leaves_the_callers_stream_alone(device):
+    """Inside: the stream of manual_seed(s). After: the stream the caller would have had without
+    the block, on the CPU and on the GPU (manual_seed inside reseeds both)."""
+    torch.manual_seed(7)
+    want = torch.rand(3, device=device)
+    torch.manual_seed(7)
+    with align.seeded_rng(11):
+        inside = torch.rand(3, device=device)
+    after = torch.rand(3, device=device)
+    torch.manual_seed(11)
+    assert torch.equal(inside, torch.rand(3, device=device)) and torch.equal(after, want)
+
+
 def test_loss_extremes():
     """align_loss is -1 when the projection equals the teacher (any scale), +1 for its negation."""
     y = torch.randn(2, 10, 8)

@@ -184,6 +184,32 @@ def runs(tmp_path_factory):
     return tmp / "runs"
 
 
+def test_linear_probe_finds_a_marked_token():
+    """Tokens whose feature 0 marks the labelled one are found on held-out rows; chance is not."""
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(64, 16, 8, generator=gen)                              # (B, N, D)
+    labels = torch.randint(0, 16, (64,), generator=gen)
+    train_mask = torch.arange(64) < 32
+    marked = feats.clone()
+    marked[torch.arange(64), labels, 0] += 5.0
+    assert ev.linear_probe(marked, labels, train_mask, 300) == 1.0
+    assert ev.linear_probe(feats, labels, train_mask, 300) < 0.5
+
+
+def test_probe_of_a_single_bridge_reads_the_aligned_layer():
+    """With every action block reading the aligned layer, the head's-input probe is the aligned
+    layer's probe; with the multi-level bridge it reads the bridge's layers (here 1 and 2)."""
+    for bridge in ["single", "multi"]:
+        cfg = train.load_config(TINY, [*SMALL, f"model.bridge={bridge}", "align.layer=2"])
+        model = train.build_model(cfg).eval()
+        m = ev.probe_part(model, cfg, ev.heldout(cfg), "cpu", None)
+        assert model.bridge_layers() == ([2, 2] if bridge == "single" else [1, 2])
+        if bridge == "single":
+            for w in ["localization", "affordance"]:
+                assert m[f"probe.read.{w}_acc"] == m[f"probe.{w}_acc"], m
+        assert all(0 <= v <= 1 for v in m.values()), m
+
+
 def test_identity_intervention_changes_no_action(runs):
     """With the same noise, an identity edit of the interface gives exactly the same action chunk."""
     cfg = train.load_config(runs / "tiny-baseline-s0" / "config.yaml", SMALL)
@@ -217,7 +243,8 @@ def test_whole_eval_writes_every_key_and_reuses_it(runs):
              for w in ["region", "background"]}
     keys |= {f"intervention.{k}" for k in ["relevant", "irrelevant", "sensitivity_ratio",
                                            "hidden_ratio"]}
-    keys |= {"probe.localization_acc", "probe.affordance_acc", "probe.chance", "video.psnr",
+    keys |= {f"probe.{r}{w}_acc" for r in ["", "read."] for w in ["localization", "affordance"]}
+    keys |= {"probe.localization_chance", "probe.affordance_chance", "video.psnr",
              "latency.act_ms", "teacher", "step", "time.success", "time.total"}
     stored = json.loads((run / "eval" / "metrics.json").read_text())
     assert not keys - set(stored), f"missing keys: {sorted(keys - set(stored))}"
@@ -318,6 +345,22 @@ def test_eval_saved_before_a_config_key_existed_is_reused(runs):
     meta["config"]["train"]["ema"] = 0.5  # a value the run did not have
     meta_path.write_text(json.dumps(meta))
     assert ev.evaluate(run, SMALL)["success.id"] == truth, "a changed config was not recomputed"
+
+
+def test_eval_saved_before_the_head_input_probe_probes_again(runs):
+    """An evaluation stored without probe.read.* redoes the probes (old probe keys dropped) and
+    reuses everything else."""
+    run = runs / "tiny-agra-s0"
+    fresh = ev.evaluate(run, SMALL)
+    path = run / "eval" / "metrics.json"
+    old = {k: v for k, v in fresh.items() if not k.startswith("probe.read.")}
+    old["probe.chance"], old["success.id"] = 0.25, -1.0  # a key the old probe wrote; a marker
+    path.write_text(json.dumps(old))
+    m = ev.evaluate(run, SMALL)
+    assert m["success.id"] == -1.0, "a part that did not change was recomputed"
+    assert "probe.chance" not in m and m["probe.read.localization_acc"] == fresh[
+        "probe.read.localization_acc"], "the probes were not redone"
+    path.write_text(json.dumps(fresh))  # the module's runs stay as evaluated
 
 
 def test_a_frozen_runs_teacher_names_its_pretrains(tmp_path):

@@ -318,6 +318,8 @@ def train(cfg):
         with seeded_rng(tc.seed + 1):  # the baseline, without a projector, draws the same noise
             projector = build_projector(cfg.model.width, ac.proj_hidden, teacher.dim).to(device)
         params += list(projector.parameters())
+    if ddp:  # same initial weights everywhere, but each rank draws its own noise (t, eps)
+        torch.manual_seed(tc.seed * 1000 + rank)
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
@@ -338,9 +340,10 @@ def train(cfg):
         if projector is not None:
             projector.load_state_dict(ckpt["projector"])
         opt.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if "cuda" in ckpt["rng"] and device.startswith("cuda"):
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+        rng = ckpt["rng_ranks"][rank] if ddp else ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and device.startswith("cuda"):
+            torch.cuda.set_rng_state(rng["cuda"])
         start = ckpt["step"]
         if master:
             print(f"resuming {ckpt_path} at step {start}/{tc.steps}")
@@ -365,14 +368,19 @@ def train(cfg):
             csv.writer(f).writerows([header, *rows])
     snap_steps = {max(1, round(f * tc.steps)) for f in tc.snapshots}
 
-    def checkpoint(step):
+    def checkpoint(step):  # every rank calls it: a ddp run keeps each rank's RNG state
         rng = {"torch": torch.get_rng_state()}
         if device.startswith("cuda"):
             rng["cuda"] = torch.cuda.get_rng_state()
-        save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(),
-                         "projector": projector.state_dict() if projector else {},
-                         "optimizer": opt.state_dict(), "config": asdict(cfg), "step": step,
-                         "rng": rng}, ckpt_path)
+        ranks = [rng]
+        if ddp:
+            ranks = [None] * world
+            torch.distributed.all_gather_object(ranks, rng)
+        if master:
+            save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(),
+                             "projector": projector.state_dict() if projector else {},
+                             "optimizer": opt.state_dict(), "config": asdict(cfg), "step": step,
+                             "rng": rng, **({"rng_ranks": ranks} if ddp else {})}, ckpt_path)
 
     model.train()
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not master,
@@ -414,7 +422,7 @@ def train(cfg):
             torch.save({"ema": ema.state_dict(), "step": done}, out / "snapshots" / f"ema_{done}.pt")
         if master and tc.sample_every and done % tc.sample_every == 0:
             save_samples(ema, ds, out / "samples" / f"imagine_{done}.gif")
-        if master and (done % tc.ckpt_every == 0 or done == tc.steps):
+        if done % tc.ckpt_every == 0 or done == tc.steps:
             checkpoint(done)
     if master:
         ema.eval()

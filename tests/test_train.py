@@ -163,7 +163,8 @@ def test_batch_order_is_a_function_of_the_step():
 
 def test_torchrun_two_ranks_on_cpu(tmp_path):
     """`torchrun --nproc_per_node=2 train.py` (DDP over gloo on CPU) trains, and rank 0 alone
-    writes the checkpoint with the same parameter names as a one-process run."""
+    writes the checkpoint with the same parameter names as a one-process run and every rank's own
+    RNG state (the ranks draw different noise); the same command again loads it back."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
            str(ROOT / "train.py"), str(TINY), *run_args(tmp_path, "ddp", "train.steps=6")]
     p = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -173,6 +174,11 @@ def test_torchrun_two_ranks_on_cpu(tmp_path):
     assert ckpt["step"] == 6, f"checkpoint at step {ckpt['step']}, expected 6"
     model = train.build_model(train.load_config(TINY))
     assert set(ckpt["model"]) == set(model.state_dict()), "DDP-prefixed or missing parameter names"
+    r0, r1 = (r["torch"] for r in ckpt["rng_ranks"])
+    assert not torch.equal(r0, r1), "both ranks drew the same noise"
+    p = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0 and "resuming" in p.stdout, (p.stdout + p.stderr)[-3000:]
 
 
 def test_frozen_video_model_trains_the_action_head_alone(tmp_path):

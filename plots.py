@@ -343,6 +343,11 @@ SUMMARY = [("success.id", "ID success"), ("success.ood", "OOD success (mean of s
            ("video.psnr", "PSNR (dB)"), ("latency.act_ms", "act() ms")]
 
 
+PAIRED = [("success.id", "ID success"), ("success.ood", "OOD success"),
+          ("attention.in_mask", "attn in mask"), ("probe.localization_acc", "probe: aligned layer"),
+          ("probe.read.localization_acc", "probe: head's input")]
+
+
 def summary(arms, metrics, seed, baseline, reference="agra"):
     """The README's tables: one row per arm (mean ± 95% CI over seeds), headline arms first, then
     the ablations (arms named abl-*) beside the baseline and `reference` arms on the ablations'
@@ -380,11 +385,13 @@ def summary(arms, metrics, seed, baseline, reference="agra"):
     rows = []
     for a in head[1:] + abl:
         pairs = [(m[r], base[seed[r]]) for r in arms[a] if seed[r] in base]
-        cells = [mean_ci([x[k] - y[k] for x, y in pairs]) for k in ("success.id", "success.ood")]
+        cells = [mean_ci([x.get(k, math.nan) - y.get(k, math.nan) for x, y in pairs])
+                 for k, _ in PAIRED]
         rows.append(f"| {a} - {baseline} | {len(pairs)} | " + " | ".join(
             f"{mu:+.3f} [{mu - h:+.3f}, {mu + h:+.3f}]" if n > 1 else f"{mu:+.3f}"
             for mu, h, n in cells) + " |")
     if rows:
         md += [f"\nPaired per-seed difference to `{baseline}`, mean [95% CI]:\n",
-               "| arms | pairs | ID success | OOD success |", "|---|---|---|---|", *rows]
+               "| arms | pairs | " + " | ".join(c for _, c in PAIRED) + " |",
+               "|---" * (len(PAIRED) + 2) + "|", *rows]
     return "\n".join(md) + "\n"

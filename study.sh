@@ -63,6 +63,8 @@ run_one() {  # arm seed
   local arm=$1 seed=$2 name="$preset-$1-s$2"
   local t0=$SECONDS
   if [ -f "$out/runs/$name/metrics.json" ]; then return; fi
+  local resumed=""  # a resumed run's time counts from its checkpoint, not from step 0
+  if [ -f "runs/$name/ckpt.pt" ]; then resumed=", resumed from its checkpoint"; fi
   local init=()
   if [ -n "${PRE[$arm]:-}" ]; then  # its pretrain first (kept in $out/pretrain/, never evaluated)
     local pre="$preset-$arm-pre-s$2"
@@ -80,7 +82,7 @@ run_one() {  # arm seed
   mkdir -p "$out/runs/$name"
   cp "runs/$name/config.yaml" "runs/$name/metrics.csv" "runs/$name/eval/metrics.json" \
      "$out/runs/$name/" || return 1
-  echo "$(date -u +%FT%TZ) $name done in $((SECONDS - t0)) s ($OMP_NUM_THREADS threads)" \
+  echo "$(date -u +%FT%TZ) $name done in $((SECONDS - t0)) s ($OMP_NUM_THREADS threads$resumed)" \
     | tee -a "$out/timing.txt"
 }
 

@@ -100,3 +100,13 @@ def test_an_unknown_part_is_refused(tmp_path):
     p = study(tmp_path, "headlines", ok=False)
     assert p.returncode == 2 and "'headlines'" in p.stderr, p.stderr
     assert not (tmp_path / "calls.txt").exists()
+
+
+def test_a_resumed_run_says_so_in_the_timing(tmp_path):
+    """A run that starts from its checkpoint is logged as resumed (its time is not a whole run's)."""
+    (tmp_path / "runs" / "tiny-baseline-s0").mkdir(parents=True)
+    (tmp_path / "runs" / "tiny-baseline-s0" / "ckpt.pt").touch()
+    study(tmp_path, "headline", seeds="0")
+    lines = (tmp_path / "results" / "tiny" / "timing.txt").read_text().splitlines()
+    done = {ln.split()[1]: ln for ln in lines if " done in " in ln}
+    assert "resumed" in done["tiny-baseline-s0"] and "resumed" not in done["tiny-agra-s0"], lines

@@ -219,7 +219,7 @@ def bench_act(cfg, device, ctx, reps, warmup):
 
 
 def bench_teacher(cfg, device, ctx, reps, warmup):
-    """Images per second of each teacher path, in fp32 as teacher_features builds the cache:
+    """Images per second of each teacher path, the ViT under the bf16 autocast its forward uses:
     the ViT (dinov2 architecture, random init) at 14 px per token, the oracle from the masks,
     and the cache gather (CPU table -> device)."""
     grid, n, n_frames = cfg.env.res // cfg.model.patch, cfg.train.batch_size, 4096

@@ -43,7 +43,17 @@ def mean_ci(xs):
         return (xs[0] if xs else float("nan")), float("nan"), n
     mu = sum(xs) / n
     sd = math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1))
-    return mu, (T975[n - 2] if n <= 31 else 1.96) * sd / math.sqrt(n), n
+    return mu, t975(n - 1) * sd / math.sqrt(n), n
+
+
+def t975(df):
+    """The t-distribution's 97.5% quantile: the table up to 30 degrees of freedom, then the
+    Cornish-Fisher expansion around the normal's 1.96 (within 1e-3 of the exact value there)."""
+    if df <= 30:
+        return T975[df - 1]
+    z = 1.959964
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
 
 
 def flat(d, prefix=""):
@@ -85,6 +95,13 @@ def arms_of(runs):
 # figures: stats = {label: {metric key: (mean, 95% half-width, n)}}
 
 
+def palette(labels):
+    """{label: colour}, one per label in order: matplotlib's ten C0-C9, or tab20 for more, so no
+    two labels of a figure share a colour and an arm keeps its colour across the figures."""
+    cmap = [f"C{i}" for i in range(10)] if len(labels) <= 10 else plt.cm.tab20.colors
+    return {a: cmap[i % len(cmap)] for i, a in enumerate(labels)}
+
+
 def save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -101,13 +118,13 @@ def bars(path, stats, panels):
     widths = [len(keys) * max(1, len(stats)) ** 0.5 * 0.6 + 1 for _, keys in panels]
     fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(sum(widths) + 1, 3.6),
                              gridspec_kw={"width_ratios": widths})
-    w = 0.8 / len(stats)
+    w, color = 0.8 / len(stats), palette(list(stats))
     for ax, (title, keys) in zip(axes[0], panels):
         for i, (label, s) in enumerate(stats.items()):
             mu = [s.get(k, (math.nan,))[0] for k in keys]
             err = [0 if math.isnan(s.get(k, (0, math.nan))[1]) else s[k][1] for k in keys]
             ax.bar([j + (i - (len(stats) - 1) / 2) * w for j in range(len(keys))], mu, w,
-                   yerr=err, capsize=2, label=label)
+                   yerr=err, capsize=2, label=label, color=color[label])
         ax.set_xticks(range(len(keys)), [k.split(".", 1)[1] for k in keys], rotation=35,
                       ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
@@ -123,14 +140,17 @@ def lines(path, stats, prefix, xlabel, with_id=False):
     if not names:
         return None
     fig, axes = plt.subplots(1, len(names), squeeze=False, figsize=(2.8 * len(names) + 0.5, 2.8))
+    color = palette(list(stats))
     for ax, name in zip(axes[0], names):
         for label, s in stats.items():
             pts = sorted((int(pat.match(k)[2]), *v[:2]) for k, v in s.items()
                          if pat.match(k) and pat.match(k)[1] == name)
             pts = [(0, *s["success.id"][:2])] + pts if with_id and "success.id" in s else pts
+            if not pts:  # this arm has no value for this panel (e.g. no snapshots)
+                continue
             x, mu, err = zip(*pts)
             ax.errorbar(x, mu, yerr=[0 if math.isnan(e) else e for e in err], marker="o",
-                        capsize=2, label=label)
+                        capsize=2, label=label, color=color[label])
         ax.set(title=name, xlabel=xlabel, ylim=(-0.02, 1.02))
     axes[0][0].set_ylabel("success")
     axes[0][-1].legend(fontsize=7)
@@ -274,12 +294,12 @@ def report(runs, metrics, out, baseline="baseline"):
         if a != baseline and pairs:
             diffs[a] = {k: mean_ci([x[k] - y[k] for x, y in pairs if is_number(x.get(k))
                                     and is_number(y.get(k))]) for k in keys}
-    colors = {r: (f"C{i % 10}", a) for i, (a, rs) in enumerate(arms.items()) for r in rs}
     examples = {a: torch.load(rs[0] / "eval" / "examples.pt", weights_only=True)
                 for a, rs in arms.items()}
     same = all(torch.equal(ex["frames"], next(iter(examples.values()))["frames"])
                for ex in examples.values())
     head = [a for a in arms if not a.startswith("abl-")] or list(arms)  # figures: headline arms
+    colors = {r: (c, a) for a, c in palette(head).items() for r in arms[a]}  # as bars and lines
     figs = figures(out, {a: stats[a] for a in head}, {r: read_csv(r / "metrics.csv") for a in head
                    for r in arms[a]}, colors, {a: examples[a] for a in head})
     abl = [a for a in arms if a not in head]
@@ -383,8 +403,10 @@ def summary(arms, metrics, seed, baseline, reference="agra"):
                                               [(k, k[8:]) for k in suites])]
     base = {seed[r]: m[r] for r in arms.get(baseline, [])}
     rows = []
-    for a in head[1:] + abl:
+    for a in [a for a in head + abl if a != baseline]:
         pairs = [(m[r], base[seed[r]]) for r in arms[a] if seed[r] in base]
+        if not pairs:  # no baseline run of this arm's seeds
+            continue
         cells = [mean_ci([x.get(k, math.nan) - y.get(k, math.nan) for x, y in pairs])
                  for k, _ in PAIRED]
         rows.append(f"| {a} - {baseline} | {len(pairs)} | " + " | ".join(

@@ -98,6 +98,10 @@ if [ "$part" = headline ]; then add_headline "${seed_list[@]}"; fi
 if [ "$part" = all ]; then add_headline "${seed_list[@]:0:3}"; fi
 if [ "$part" = ablations ] || [ "$part" = all ]; then
   for arm in "${ablations[@]}"; do queue+=("$arm 0"); done
+  if [[ " $seeds " != *" 0 "* ]]; then  # the ablations are read against seed 0 of baseline and agra
+    echo "study.sh: the ablations run on seed 0; SEEDS='$seeds' lacks it, so their table has no" \
+      "baseline or agra row to compare with" >&2
+  fi
 fi
 if [ "$part" = all ]; then add_headline "${seed_list[@]:3}"; fi
 worker() {  # worker k takes queue items k, k + jobs, ...
@@ -117,4 +121,5 @@ wait
 finished=$(ls "$out/runs" | sed 's|^|runs/|')
 # shellcheck disable=SC2086
 $py eval.py $finished --out "$out" --readme README.md >>"$log" 2>&1
-echo "$(date -u +%FT%TZ) study finished: $out/report.md" | tee -a "$out/timing.txt"
+if [ -f "$out/report.md" ]; then where="$out/report.md"; else where="no report (one finished run)"; fi
+echo "$(date -u +%FT%TZ) study finished: $where" | tee -a "$out/timing.txt"

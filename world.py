@@ -135,21 +135,30 @@ def get_suite(suites, name):
 # ---- the world: reset, step, success, expert --------------------------------
 def _in_boxes(gen, boxes, n):
     """(n, 2) points uniform over a union of boxes [x0, y0, x1, y1]."""
-    bx = torch.tensor(boxes, device=gen.device)                                # (nb, 4)
+    bx = torch.tensor(boxes, dtype=torch.float32, device=gen.device)           # (nb, 4)
     area = (bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1])                     # (nb,)
     i = torch.multinomial(area, n, True, generator=gen)                        # (n,) box of each
     u = torch.rand(n, 2, generator=gen, device=gen.device)                     # (n, 2)
     return bx[i, :2] + u * (bx[i, 2:] - bx[i, :2])                             # (n, 2)
 
 
-def _sample_clear(gen, boxes, others, gap, tries=100):
-    """(B, 2) points in boxes, redrawn until at least gap (B, M) away from others (B, M, 2)."""
+def _too_close(p, others, gap):
+    """(B,) bool: point p (B, 2) nearer than gap (B, M) to any of others (B, M, 2)."""
+    return ((p[:, None] - others).norm(dim=-1) < gap).any(1)
+
+
+def _sample_clear(gen, boxes, others, gap, what, tries=100):
+    """(B, 2) points in boxes, redrawn until at least gap (B, M) away from others (B, M, 2);
+    raises, naming `what`, if some world still has none after `tries` draws."""
     p = _in_boxes(gen, boxes, others.shape[0])                                 # (B, 2)
     for _ in range(tries):
-        bad = ((p[:, None] - others).norm(dim=-1) < gap).any(1)                # (B,)
+        bad = _too_close(p, others, gap)                                       # (B,)
         if not bad.any():
-            break
+            return p
         p = torch.where(bad[:, None], _in_boxes(gen, boxes, p.shape[0]), p)    # (B, 2)
+    bad = _too_close(p, others, gap)                                           # (B,)
+    _need(not bad.any(), f"{what}: no position in {boxes} clear of the "
+          f"entities placed before it in {int(bad.sum())} of {len(p)} worlds after {tries} draws")
     return p
 
 
@@ -174,15 +183,29 @@ def reset(env, suite, task, gen):
     n = pick(list(range(suite.n_distractors[0], suite.n_distractors[1] + 1)), B)  # (B,)
     present = torch.arange(K, device=dev) <= n[:, None]                          # (B, K)
     goal = _in_boxes(gen, suite.goal_region, B)                                  # (B, 2)
-    # rejection sampling, one entity at a time, each clear of those placed before it
-    target = _sample_clear(gen, suite.target_region, goal[:, None],
-                           1.5 * env.goal_size + size[:, :1])                  # (B, 2)
-    gripper = _sample_clear(gen, suite.gripper_region, target[:, None], r + size[:, :1] + 0.1)
+    # rejection sampling, one entity at a time, each clear of those placed before it; after 100
+    # target draws a goal that leaves its target no room (layout@1: a target region in the centre
+    # the goal region covers) is drawn again with it
+    sep = 1.5 * env.goal_size + size[:, :1]                                     # (B, 1)
+    target = _in_boxes(gen, suite.target_region, B)                              # (B, 2)
+    for i in range(200):
+        bad = _too_close(target, goal[:, None], sep)                             # (B,)
+        if not bad.any():
+            break
+        if i >= 100:
+            goal = torch.where(bad[:, None], _in_boxes(gen, suite.goal_region, B), goal)
+        target = torch.where(bad[:, None], _in_boxes(gen, suite.target_region, B), target)
+    _need(not _too_close(target, goal[:, None], sep).any(), f"no target position in "
+          f"{suite.target_region} clear of a goal in {suite.goal_region} in "
+          f"{int(bad.sum())} of {B} worlds after 200 draws")
+    gripper = _sample_clear(gen, suite.gripper_region, target[:, None], r + size[:, :1] + 0.1,
+                            "gripper")
     placed = [gripper, target]                                                   # (B, 2) each
     for k in range(1, K):
         gap = torch.cat([r + size[:, k:k + 1], size[:, :k] + size[:, k:k + 1]], 1) + 0.02
         gap = gap * torch.cat([present[:, :1], present[:, :k]], 1)  # (B, k+1) absent: no gap
-        placed.append(_sample_clear(gen, suite.distractor_region, torch.stack(placed, 1), gap))
+        placed.append(_sample_clear(gen, suite.distractor_region, torch.stack(placed, 1), gap,
+                                    f"distractor {k}"))
     state = {"gripper": gripper, "blocks": torch.stack(placed[1:], 1), "size": size,  # (B, K, 2)
              "present": present, "goal": goal, "task": task}
     state["gripper"], state["blocks"] = _resolve(env, state)  # rare leftovers of the rejection

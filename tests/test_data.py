@@ -134,6 +134,28 @@ def test_expert_succeeds(task):
     assert done.float().mean() >= 0.95, f"{task} expert success {done.float().mean():.3f} < 0.95"
 
 
+@pytest.mark.parametrize("suite", sorted(DEFAULT_SUITES))
+def test_every_suite_places_entities_apart(suite):
+    """In every suite the target starts clear of the goal (no push world starts solved, as
+    layout@1's did when its goal covered the target's centre box) and the gripper clear of the
+    target; a suite whose regions leave no room raises, naming the region, instead of keeping an
+    overlap; integer boxes are valid regions."""
+    env = EnvConfig(res=16, task="push")
+    state, _ = worlds(env, suite, B=2000, seed=1234)
+    target, size = state["blocks"][:, 0], state["size"][:, 0]                 # (B, 2), (B,)
+    sep = 1.5 * env.goal_size + size                                          # (B,)
+    assert ((target - state["goal"]).norm(dim=-1) >= sep - 1e-6).all(), "target on the goal"
+    assert not world.success(env, state).any(), f"{suite}: a push world starts solved"
+    gap = (state["gripper"] - target).norm(dim=-1) - env.gripper_radius - size   # (B,)
+    assert (gap > 0).all(), f"{suite}: gripper overlaps the target at reset"
+    full = {"id": {**DEFAULT_SUITES["id"], "target_region": [[0, 0, 1, 1]]}}
+    reset(env, get_suite(full, "id"), torch.tensor([4, 5]), torch.Generator())  # ints are fine
+    cramped = {"id": {**DEFAULT_SUITES["id"], "goal_region": [[0.45, 0.45, 0.55, 0.55]],
+                      "target_region": [[0.4, 0.4, 0.6, 0.6]]}}
+    with pytest.raises(ValueError, match=r"no target position in \[\[0.4, 0.4, 0.6, 0.6\]\]"):
+        reset(env, get_suite(cramped, "id"), torch.tensor([4, 5]), torch.Generator())
+
+
 def test_ood_suites_disjoint_from_id():
     """No OOD suite (defaults, and config.yaml's if present) contains an id value; the check
     catches planted clashes; sampled OOD tables and lighting fall outside the id band."""

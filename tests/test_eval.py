@@ -1,5 +1,6 @@
 """eval.py and plots.py: attention statistics, interventions, the whole evaluation, the report."""
 
+import itertools
 import json
 import math
 import shutil
@@ -99,6 +100,9 @@ def test_mean_ci_and_arms(tmp_path):
     """Three seeds 1, 2, 3 give mean 2 +- 4.303/sqrt(3); runs differing in seed only form one arm."""
     mu, half, n = plots.mean_ci([1.0, 2.0, 3.0, math.nan])
     assert (mu, n) == (2.0, 3) and abs(half - 4.303 / 3 ** 0.5) < 1e-9, (mu, half, n)
+    ts = [plots.t975(df) for df in range(1, 200)]  # past the table: 2.0395 at 31, 1.9840 at 100
+    assert all(a > b for a, b in itertools.pairwise(ts)), "t quantiles must fall with the df"
+    assert abs(ts[30] - 2.0395) < 1e-3 and abs(ts[99] - 1.9840) < 1e-3, (ts[30], ts[99])
     base = {"name": "", "train": {"seed": 0}, "align": {"weight": 0.0}}
     for name, seed, w in [("x-baseline-s0", 0, 0.0), ("x-baseline-s1", 1, 0.0), ("x-agra-s0", 0, 1)]:
         (tmp_path / name).mkdir()
@@ -121,6 +125,20 @@ def test_frozen_arms_group_over_seeds_and_apart_by_pretrain(tmp_path):
     assert {a: [r.name for r in rs] for a, rs in arms.items()} == {
         "frozen": ["x-frozen-s0", "x-frozen-s1"],
         "frozen-agra": ["x-frozen-agra-s0", "x-frozen-agra-s1"]}, arms
+
+
+def test_figures_give_each_arm_its_own_colour_and_skip_missing_points(tmp_path):
+    """Eleven arms get eleven colours (the default cycle has ten) and an arm keeps its colour
+    between figures; an arm without points for a panel is left out of it, not a crash; with no
+    baseline arm the summary has no paired rows rather than rows of nan."""
+    labels = [f"a{i}" for i in range(11)]
+    assert len(set(plots.palette(labels).values())) == 11
+    assert plots.palette(labels[:3]) == {"a0": "C0", "a1": "C1", "a2": "C2"}
+    stats = {"a": {"success_curve.id@10": (0.5, 0.1, 2)}, "b": {"success.id": (1.0, 0.0, 1)}}
+    assert plots.lines(tmp_path / "c.png", stats, "success_curve.", "step") == "c.png"
+    md = plots.summary({"agra": ["r0"]}, {"r0": {"success.id": 1.0, "teacher": "t"}}, {"r0": 0},
+                       "baseline")
+    assert "Paired" not in md and "nan" not in md, md
 
 
 def test_ablation_table_compares_on_the_ablations_seeds_only():

@@ -90,6 +90,24 @@ def test_agra_loss_frames_select_tokens():
     assert agra_loss(nn.Identity(), hidden, y, a, n_ctx=1).item() == pytest.approx(-1, abs=1e-5)
     a.frames = "all"
     assert agra_loss(nn.Identity(), hidden, y, a, n_ctx=1).item() > -0.9, "context not counted"
+    a.frames = "context"  # the spoilt frame 0 is the only one counted now
+    assert agra_loss(nn.Identity(), hidden, y, a, n_ctx=1).item() > -0.9, "future counted"
+    hidden[:, : GRID * GRID] = y[:, 0].flatten(1, 2)
+    hidden[:, GRID * GRID:] = torch.randn(2, 2 * GRID * GRID, 8)          # spoil the future
+    assert agra_loss(nn.Identity(), hidden, y, a, n_ctx=1).item() == pytest.approx(-1, abs=1e-5)
+
+
+def test_agra_loss_spatial_normalizes_the_teacher():
+    """normalize=spatial compares the student with the teacher standardized over each frame's
+    tokens: a student equal to that scores -1 against a teacher with a large offset shared by
+    every token, which normalize=none does not remove."""
+    y = torch.randn(2, 3, GRID, GRID, 8)                                  # (B, T, h, w, Dt)
+    hidden = align.spatial_normalize(y.flatten(2, 3)).flatten(1, 2)       # (B, T*N, Dt)
+    shifted = y + 10 * torch.randn(8)                                     # one offset, every token
+    a = AlignConfig(frames="all", normalize="spatial")
+    assert agra_loss(nn.Identity(), hidden, shifted, a, n_ctx=1).item() == pytest.approx(-1, abs=1e-4)
+    a.normalize = "none"
+    assert agra_loss(nn.Identity(), hidden, shifted, a, n_ctx=1).item() > -0.9
 
 
 def test_spatial_normalize_zero_mean():
@@ -195,14 +213,32 @@ def test_alignment_gradient_reaches_only_layers_up_to_align_layer():
     assert not reached(model.action_head), "gradient reached the action head"
 
 
-def test_vit_teacher_random_init_shape_and_grid_mapping():
-    """The random-init DINOv2 teacher gives float32 (B, T, h, w, 384) whatever its input size."""
+def test_vit_teacher_random_init_shape_and_grid_mapping(monkeypatch):
+    """The random-init DINOv2 teacher gives float32 (B, T, h, w, 384) whatever its input size, and
+    ViT patch (i, j) lands on token (i, j) (rows stay rows): with a ViT whose patch tokens carry
+    their own row and column, one patch per token gives (i, j), an 8 x 8 ViT grid area-pooled onto
+    4 x 4 tokens gives (2i + 0.5, 2j + 0.5)."""
     video = torch.rand(2, 2, 3, RES, RES) * 2 - 1                         # (B, T, 3, H, W)
     for res in [0, 28, 112]:  # 14 * grid (one ViT patch per token), upsampled, area-pooled
         teacher, name = build_teacher(make_cfg(teacher="random", teacher_res=res))
         y = teacher({"video": video})
         assert name == "random" and y.dtype == torch.float32
         assert y.shape == (2, 2, GRID, GRID, 384), f"teacher_res={res}: {tuple(y.shape)}"
+    rows = torch.arange(GRID, dtype=torch.float32)[:, None].expand(GRID, GRID)   # (h, w)
+    for res, scale, offset in [(0, 1, 0.0), (112, 2, 0.5)]:
+        teacher, _ = build_teacher(make_cfg(teacher="random", teacher_res=res))
+        g = teacher.res // 14                                             # the ViT's patch grid
+
+        # (n, 3, R, R) -> (n, 1 + g*g, Dt): a CLS token, then patch tokens holding row, col
+        def where_am_i(x, g=g, dim=teacher.dim):
+            tok = torch.zeros(x.shape[0], 1 + g * g, dim)
+            k = torch.arange(g * g)
+            tok[:, 1:, 0], tok[:, 1:, 1] = (k // g).float(), (k % g).float()
+            return tok
+        monkeypatch.setattr(teacher.vit, "forward_features", where_am_i)
+        y = teacher({"video": video})                                     # (B, T, h, w, Dt)
+        torch.testing.assert_close(y[..., 0], (scale * rows + offset).expand(2, 2, -1, -1))
+        torch.testing.assert_close(y[..., 1], (scale * rows.T + offset).expand(2, 2, -1, -1))
 
 
 def test_weights_file_round_trip(tmp_path, monkeypatch):

@@ -138,8 +138,7 @@ def test_expert_succeeds(task):
 def test_every_suite_places_entities_apart(suite):
     """In every suite the target starts clear of the goal (no push world starts solved, as
     layout@1's did when its goal covered the target's centre box) and the gripper clear of the
-    target; a suite whose regions leave no room raises, naming the region, instead of keeping an
-    overlap; integer boxes are valid regions."""
+    target."""
     env = EnvConfig(res=16, task="push")
     state, _ = worlds(env, suite, B=2000, seed=1234)
     target, size = state["blocks"][:, 0], state["size"][:, 0]                 # (B, 2), (B,)
@@ -148,6 +147,12 @@ def test_every_suite_places_entities_apart(suite):
     assert not world.success(env, state).any(), f"{suite}: a push world starts solved"
     gap = (state["gripper"] - target).norm(dim=-1) - env.gripper_radius - size   # (B,)
     assert (gap > 0).all(), f"{suite}: gripper overlaps the target at reset"
+
+
+def test_regions_without_room_raise_and_integer_boxes_work():
+    """A suite whose regions leave the target no room clear of the goal raises, naming the region,
+    instead of keeping an overlap; integer boxes ([[0, 0, 1, 1]]: the whole table) are valid."""
+    env = EnvConfig(res=16, task="push")
     full = {"id": {**DEFAULT_SUITES["id"], "target_region": [[0, 0, 1, 1]]}}
     reset(env, get_suite(full, "id"), torch.tensor([4, 5]), torch.Generator())  # ints are fine
     cramped = {"id": {**DEFAULT_SUITES["id"], "goal_region": [[0.45, 0.45, 0.55, 0.55]],
@@ -264,10 +269,13 @@ def test_bad_inputs_raise():
         step(env, state, torch.zeros(4, 3))
     with pytest.raises(ValueError, match="NaN"):
         step(env, state, torch.tensor([[0.0, float("nan")]] * 4))
-    for bad in [lambda: EnvConfig(res="64"), lambda: EnvConfig(task="pull"),
-                lambda: DataConfig(seed=1.5), lambda: DataConfig(horizon=True),
-                lambda: world.Suite(textures=["marble"]), lambda: world.Suite(brightness=[1.2, 0.8])]:
-        with pytest.raises(ValueError):
+    for bad, named in [(lambda: EnvConfig(res="64"), "res = '64'"),
+                       (lambda: EnvConfig(task="pull"), "'pull'"),
+                       (lambda: DataConfig(seed=1.5), "seed = 1.5"),
+                       (lambda: DataConfig(horizon=True), "horizon = True"),
+                       (lambda: world.Suite(textures=["marble"]), "'marble'"),
+                       (lambda: world.Suite(brightness=[1.2, 0.8]), r"\[1.2, 0.8\]")]:
+        with pytest.raises(ValueError, match=named):
             bad()
     with pytest.raises(ValueError, match="max_distractors"):
         reset(EnvConfig(max_distractors=1), get_suite(DEFAULT_SUITES, "distractors@1"),

@@ -31,11 +31,16 @@ def region_of(g, T, cells):
 
 
 def test_attention_equal_to_the_mask_is_all_in_mask():
-    """An attention map equal to the (normalised) region mask gives in_mask 1 and centroid error 0."""
+    """An attention map equal to the (normalised) region mask gives in_mask 1 and centroid error 0;
+    attention on one cell, the region on another (in another frame), gives the cells' distance."""
     region = region_of(4, 2, [(0, 1, 1), (0, 1, 2), (1, 3, 0)])
     s = ev.attention_stats(region.float() / region.sum(), region, 4)
     assert abs(s["in_mask"] - 1) < 1e-6, f"in_mask {s['in_mask']} for attention == mask"
     assert s["centroid_error"] < 1e-6, f"centroid error {s['centroid_error']} for attention == mask"
+    # all attention on cell (0, 0) of frame 1, the region cell (3, 3) of frame 0: sqrt(3^2 + 3^2)
+    far = ev.attention_stats(region_of(4, 2, [(1, 0, 0)]).float(), region_of(4, 2, [(0, 3, 3)]), 4)
+    assert abs(far["centroid_error"] - 18 ** 0.5) < 1e-5, f"centroid error {far['centroid_error']}"
+    assert far["in_mask"] == 0, f"in_mask {far['in_mask']} for attention off the region"
 
 
 def test_uniform_attention_is_at_chance():
@@ -81,6 +86,11 @@ def test_token_edits_touch_only_the_marked_tokens():
         assert torch.equal(shuffle[b, i], h[1][b - 1, i]), f"shuffle at ({b}, {i})"
     zeros = ev.edit_tokens(h, m, "zeros", gen)[1]
     assert zeros[m].abs().sum() == 0, "zeros left non-zero marked tokens"
+    mean = ev.edit_tokens(h, m, "mean", gen)[1]
+    for b in range(3):
+        want = h[1][b][m[b]].mean(0)                                              # (D,)
+        torch.testing.assert_close(mean[b][m[b]], want.expand(int(m[b].sum()), -1))
+    assert torch.equal(ev.edit_tokens(h, m, "identity", gen)[1], h[1]), "identity changed tokens"
     with pytest.raises(ValueError, match="unknown token edit"):
         ev.edit_tokens(h, m, "blur", gen)
 
@@ -156,10 +166,12 @@ def test_ablation_table_compares_on_the_ablations_seeds_only():
     assert "| abl-x - baseline | 1 | +0.600 | +0.300 |" in md, md
 
 
-def test_closed_loop_feeds_the_right_frames_and_scores_the_expert(monkeypatch):
-    """Driven by the scripted expert, the closed loop scores >= 95% on id, and each context frame
-    it feeds is the frame of the state at the time data.Dataset would use."""
-    cfg = train.load_config(TINY, ["env.max_steps=20", "data.n_ctx=2", "eval.replan=1",
+@pytest.mark.parametrize("replan", [1, 2])
+def test_closed_loop_feeds_the_right_frames_and_scores_the_expert(monkeypatch, replan):
+    """Driven by the scripted expert, the closed loop scores >= 95% on id (replanning every step);
+    each context frame it feeds is the frame of the state at the time data.Dataset would use, and
+    step t executes action t % replan of the chunk planned last (the slots differ here)."""
+    cfg = train.load_config(TINY, ["env.max_steps=20", "data.n_ctx=2", f"eval.replan={replan}",
                                    "eval.batch_size=32"])
     log, real_reset, real_step = {}, world.reset, world.step
 
@@ -169,22 +181,26 @@ def test_closed_loop_feeds_the_right_frames_and_scores_the_expert(monkeypatch):
         return state, app
 
     def step(env, state, action):
+        t = len(log["states"]) - 1
+        assert torch.equal(action, log["chunk"][:, t % replan]), f"step {t} ran the wrong slot"
         log["states"].append(real_step(env, state, action))
         return log["states"][-1]
 
     class ExpertPolicy:
         def act(self, frames, task, steps=None):
             t = len(log["states"]) - 1
+            assert t % replan == 0, f"planned at step {t}, replan {replan}"
             for i, s in enumerate(ev.context_times(t, 2, cfg.data.stride)):
                 want = world.render(cfg.env, log["states"][s], log["app"])[0] / 127.5 - 1
                 assert torch.equal(frames[:, i], want), f"context frame {i} at t={t} is not {s}"
-            chunk = world.expert(cfg.env, log["states"][-1])[:, None]             # (B, 1, A)
-            return chunk.expand(-1, cfg.data.horizon, -1)                         # (B, Ha, A)
+            slow = 1 - 0.1 * torch.arange(cfg.data.horizon)[None, :, None]        # (1, Ha, 1)
+            log["chunk"] = world.expert(cfg.env, log["states"][-1])[:, None] * slow  # (B, Ha, A)
+            return log["chunk"]
 
     monkeypatch.setattr(world, "reset", reset)
     monkeypatch.setattr(world, "step", step)
     rate = ev.success_rate(ExpertPolicy(), cfg, "id", 64, "cpu")
-    assert rate >= 0.95, f"the expert scores {rate:.2f} in eval's closed loop"
+    assert replan > 1 or rate >= 0.95, f"the expert scores {rate:.2f} in eval's closed loop"
 
 
 # -----------------------------------------------------------------------------
@@ -229,7 +245,8 @@ def test_probe_of_a_single_bridge_reads_the_aligned_layer():
 
 
 def test_identity_intervention_changes_no_action(runs):
-    """With the same noise, an identity edit of the interface gives exactly the same action chunk."""
+    """The interventions' zero: on a trained run's interface, the same noise and an identity edit
+    give exactly the same action chunk, so every change they measure comes from the edit."""
     cfg = train.load_config(runs / "tiny-baseline-s0" / "config.yaml", SMALL)
     model = train.build_model(cfg).eval()
     model.load_state_dict(train.load_checkpoint(runs / "tiny-baseline-s0" / "ckpt.pt")["ema"])

@@ -88,21 +88,23 @@ def test_corrupted_checkpoint_raises_clearly(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    """A non-finite loss stops the run, names the step and the loss, and leaves ckpt.pt intact."""
-    cfg = train.load_config(TINY, run_args(tmp_path, "nan", "train.steps=4", "train.ckpt_every=2"))
-    train.train(cfg)
-    ckpt = Path(cfg.train.out_dir) / "nan" / "ckpt.pt"
-    before = ckpt.read_bytes()
-    cfg = train.load_config(TINY, run_args(tmp_path, "nan2", "train.ckpt_every=2"))
-    real = train.WAM.forward
+    """A non-finite loss stops the run, names the step and the loss, and leaves the last good
+    checkpoint as it was: the step before, every weight finite (nothing of the bad step saved)."""
+    cfg = train.load_config(TINY, run_args(tmp_path, "nan", "train.steps=6", "train.ckpt_every=1"))
+    real, calls = train.WAM.forward, []
 
-    def poisoned(self, *a, **k):
+    def poisoned(self, *a, **k):  # the third training forward (step 2) turns the video loss NaN
         losses, h = real(self, *a, **k)
-        return {**losses, "video": losses["video"] * float("nan")}, h
+        calls.append(1)
+        return ({**losses, "video": losses["video"] * float("nan")} if len(calls) > 2 else losses), h
     monkeypatch.setattr(train.WAM, "forward", poisoned)
-    with pytest.raises(FloatingPointError, match=r"step 0: loss 'video' is nan"):
+    with pytest.raises(FloatingPointError, match=r"step 2: loss 'video' is nan"):
         train.train(cfg)
-    assert ckpt.read_bytes() == before, "an earlier run's checkpoint changed"
+    ck = train.load_checkpoint(Path(cfg.train.out_dir) / "nan" / "ckpt.pt", "cpu")
+    assert ck["step"] == 2, f"checkpoint of step {ck['step']}; expected the last good one, 2"
+    for part in ("model", "ema"):
+        bad = [k for k, v in ck[part].items() if v.is_floating_point() and not v.isfinite().all()]
+        assert not bad, f"non-finite {part} weights in the kept checkpoint: {bad[:3]}"
 
 
 def test_unknown_key_names_the_nearest_valid_one(tmp_path):
@@ -158,6 +160,8 @@ def test_batch_order_is_a_function_of_the_step():
     n, b = 10, 4
     idx = torch.cat([train.batch_indices(s, b, n, seed=3) for s in range(5)])  # 2 epochs
     assert sorted(idx[:10].tolist()) == list(range(10)), "first epoch is not a permutation"
+    assert sorted(idx[10:20].tolist()) == list(range(10)), "second epoch is not a permutation"
+    assert not torch.equal(idx[:10], idx[10:20]), "every epoch in the same order"
     assert torch.equal(train.batch_indices(3, b, n, 3), idx[12:16])
 
 

@@ -107,6 +107,32 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
         assert not bad, f"non-finite {part} weights in the kept checkpoint: {bad[:3]}"
 
 
+@pytest.mark.parametrize("preset", ["config.yaml", "configs/tiny.yaml", "configs/cpu.yaml",
+                                    "configs/gpu.yaml"])
+def test_every_preset_builds_and_takes_a_step(preset):
+    """Every preset loads, and its model with the AGRA projector takes one training step (both
+    passes, the oracle-teacher loss, backward) on two windows of the preset's shapes: finite
+    losses, a gradient on every parameter of the aligned video block and of the action head."""
+    import align
+    import bench
+    cfg = train.load_config(ROOT / preset)
+    dc, ac, T = cfg.data, cfg.align, cfg.data.n_ctx + cfg.data.n_future
+    torch.manual_seed(0)
+    model = train.build_model(cfg)
+    oracle = align.OracleTeacher(cfg.model.patch, len(bench.PALETTE), len(bench.SHAPES),
+                                 ac.oracle_dim)
+    proj = align.build_projector(cfg.model.width, ac.proj_hidden, ac.oracle_dim)
+    batch = bench.fake_batch(cfg, 2, T, "cpu", 8)
+    losses, h = model(batch, ac.layer, ac.apply_to)
+    losses["align"] = align.agra_loss(proj, h, oracle(batch), ac, dc.n_ctx)
+    assert all(torch.isfinite(v) for v in losses.values()), {k: v.item() for k, v in losses.items()}
+    sum(losses.values()).backward()
+    for name, part in [(f"blocks[{ac.layer - 1}]", model.blocks[ac.layer - 1]),
+                       ("action_head", model.action_head)]:
+        grads = [q.grad for q in part.parameters() if q.requires_grad]
+        assert grads and all(g is not None for g in grads), f"{preset}: no gradient on {name}"
+
+
 def test_unknown_key_names_the_nearest_valid_one(tmp_path):
     """A misspelt key fails at load time and suggests the right key."""
     with pytest.raises(KeyError, match=r"align\.wieght.*did you mean 'align\.weight'"):

@@ -417,3 +417,21 @@ def summary(arms, metrics, seed, baseline, reference="agra"):
                "| arms | pairs | " + " | ".join(c for _, c in PAIRED) + " |",
                "|---" * (len(PAIRED) + 2) + "|", *rows]
     return "\n".join(md) + "\n"
+
+
+def main(argv):
+    """`python plots.py OUT.png RUN_DIR ...`: the training curves of runs, finished or still
+    running (their metrics.csv so far), one colour per arm."""
+    if len(argv) < 2 or not argv[0].endswith(".png"):
+        raise SystemExit("usage: python plots.py OUT.png RUN_DIR [RUN_DIR ...]")
+    runs = [Path(r) for r in argv[1:]]
+    for r in runs:
+        if not (r / "metrics.csv").is_file() or not (r / "config.yaml").is_file():
+            raise FileNotFoundError(f"{r} is not a run folder (needs metrics.csv and config.yaml)")
+    arms = arms_of(runs)
+    colors = {r: (c, a) for a, c in palette(list(arms)).items() for r in arms[a]}
+    print(training(argv[0], {r: read_csv(r / "metrics.csv") for r in runs}, colors))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -112,6 +112,8 @@ worker() {  # worker k takes queue items k, k + jobs, ...
   done
 }
 
+# the demonstrations once, before the workers start (else each of them builds the same cache)
+$py -c "import data, train; data.make_demos(train.load_config('configs/$preset.yaml'))" >>"$log" 2>&1
 echo "$(date -u +%FT%TZ) start: bash study.sh $*  (seeds: $seeds, $jobs jobs) on $(uname -n)," \
   "$cores cores" | tee -a "$out/timing.txt"
 for ((k = 0; k < jobs; k++)); do worker "$k" & done

@@ -411,3 +411,26 @@ def test_a_frozen_runs_teacher_names_its_pretrains(tmp_path):
     assert ev.teacher_of(cfg) == "none (pretrain: ?)"
     cfg.train.init_from = ""
     assert ev.teacher_of(cfg) == "none"
+
+
+def test_training_curves_of_runs_in_progress(tmp_path, monkeypatch):
+    """`python plots.py OUT.png RUN...` draws runs from their metrics.csv so far: the seeds of an
+    arm share its colour, another arm gets another; a folder that is not a run is named in the
+    error."""
+    csv = "step,loss,video,action,align\n25,1.0,0.5,0.5,0.0\n50,0.8,0.4,0.4,0.0\n"
+    for name, weight in [("p-x-s0", 0.5), ("p-x-s1", 0.5), ("p-y-s0", 0.0)]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.csv").write_text(csv)
+        (tmp_path / name / "config.yaml").write_text(
+            f"name: {name}\ntrain: {{seed: {name[-1]}}}\nalign: {{weight: {weight}}}\n")
+    runs = [str(tmp_path / n) for n in ["p-x-s0", "p-x-s1", "p-y-s0"]]
+    plots.main([str(tmp_path / "t.png"), *runs])
+    assert (tmp_path / "t.png").stat().st_size > 0
+    seen = {}
+    monkeypatch.setattr(plots, "training", lambda path, csvs, colors: seen.update(colors))
+    plots.main([str(tmp_path / "t.png"), *runs])
+    c = {Path(r).name: v for r, v in seen.items()}
+    assert c["p-x-s0"] == c["p-x-s1"] == ("C0", "x") and c["p-y-s0"] == ("C1", "y"), c
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty is not a run folder"):
+        plots.main([str(tmp_path / "t.png"), str(tmp_path / "empty")])

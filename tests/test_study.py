@@ -82,8 +82,15 @@ def test_a_second_call_skips_finished_runs(tmp_path):
     first = study(tmp_path, "headline", seeds="0")
     (tmp_path / "calls.txt").unlink()
     again = study(tmp_path, "headline", seeds="0")
-    assert len(first) == 9  # 4 trains, 4 evals, the report
-    assert again == [c for c in first if "--out" in c]
+    assert len(first) == 10  # the demos, 4 trains, 4 evals, the report
+    assert again == [c for c in first if "--out" in c or "make_demos" in c]
+
+
+def test_the_demos_are_built_once_before_any_run(tmp_path):
+    """The workers start after the demonstrations exist: one make_demos call, before every train."""
+    calls = study(tmp_path, "headline", seeds="0 1", jobs=4)
+    demos = [i for i, c in enumerate(calls) if "make_demos" in c]
+    assert demos == [0] and "configs/tiny.yaml" in calls[0], calls[:2]
 
 
 def test_all_runs_three_seeds_then_the_ablations_then_the_other_seeds(tmp_path):

@@ -1,5 +1,6 @@
 """Speed figures: `python bench.py [env|attention|train|act|teacher|all] [--json PATH]
-[--config PATH] [--threads N] [--quick]`.
+[--config PATH] [--threads N] [--quick] [section.key=value ...]` (overrides as in train.py, e.g.
+`python bench.py train --config configs/gpu.yaml train.batch_size=512 train.compile=True`).
 
 Prints a table (figure, value, goal, device); --json writes the figures as flat keys. Timings are
 medians over repetitions after warm-up. Every comparison (sdpa vs math, AGRA vs baseline, act
@@ -245,22 +246,31 @@ def goal(key, device):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("group", nargs="?", default="all", choices=[*BENCHES, "all"])
+    ap.add_argument("args", nargs="*", metavar="[GROUP] [section.key=value ...]",
+                    help=f"GROUP: one of {', '.join([*BENCHES, 'all'])} (default all); overrides "
+                    "of the preset as in train.py")
     ap.add_argument("--json", help="write the figures (flat keys) to this file")
     ap.add_argument("--config", default="config.yaml", help="preset whose model is measured")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="2 repetitions: a smoke test, no figures")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
+    groups = [a for a in args.args if "=" not in a]
+    overrides = [a for a in args.args if "=" in a]
+    if len(groups) > 1 or (groups and groups[0] not in [*BENCHES, "all"]):
+        raise SystemExit(f"bench.py: group {' '.join(groups)!r}; expected one of "
+                         f"{', '.join([*BENCHES, 'all'])}")
+    args.group = groups[0] if groups else "all"
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads}; expected >= 1")
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, overrides)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.train.device == "auto" \
         else cfg.train.device
     ctx = nullcontext() if device == "cpu" else torch.autocast("cuda", dtype=torch.bfloat16)
     name = device_name(device)
-    print(f"bench: {args.group} | config {args.config} ({cfg.name}) | {name} | torch "
+    print(f"bench: {args.group} | config {' '.join([args.config, *overrides])} ({cfg.name}) | "
+          f"{name} | torch "
           f"{torch.__version__} | threads {torch.get_num_threads()}"
           + (" | QUICK: smoke test, not figures" if args.quick else ""))
     results = {}
@@ -272,7 +282,7 @@ def main(argv=None):
         print(f"{key:40s} {value:12.4g}  {goal(key, device):10s} {name}")
     if args.json:
         meta = {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "config": args.config, "quick": args.quick}
+                "config": args.config, "overrides": overrides, "quick": args.quick}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({**meta, **results}, indent=1) + "\n")
         print(f"wrote {args.json}")

@@ -94,12 +94,15 @@ def test_the_demos_are_built_once_before_any_run(tmp_path):
 
 
 def test_all_runs_three_seeds_then_the_ablations_then_the_other_seeds(tmp_path):
-    """`all` finishes the smallest complete study (three seeds, every ablation) before seed 3."""
+    """`all`: seeds 0-2, the one-knob ablations, seed 3, and the frozen backbone (with its pretrain)
+    last, so the smallest complete study is in first and the optional ablations wait for the seeds."""
     order = list(trains(study(tmp_path, "all", seeds="0 1 2 3", jobs=1)))
     seed = [int(n.rsplit("-s", 1)[1]) if not n.startswith("tiny-abl") else None for n in order]
     abl = [i for i, s in enumerate(seed) if s is None]
-    assert seed[:abl[0]] == [0] * 4 + [1] * 4 + [2] * 4, order
-    assert abl == list(range(12, 12 + len(abl))) and seed[abl[-1] + 1:] == [3] * 4, order
+    assert seed[:12] == [0] * 4 + [1] * 4 + [2] * 4, order
+    assert abl[:7] == list(range(12, 19)) and seed[19:23] == [3] * 4, order
+    assert order[23:] == ["tiny-abl-frozen-pre-s0", "tiny-abl-frozen-s0",
+                          "tiny-abl-frozen-agra-pre-s0", "tiny-abl-frozen-agra-s0"], order
 
 
 def test_an_unknown_part_is_refused(tmp_path):

@@ -109,8 +109,11 @@ if [ "$part" = all ]; then add_headline "${seed_list[@]:3}"; fi
 if [ "$part" = ablations ] || [ "$part" = all ]; then
   for arm in "${late[@]}"; do queue+=("$arm 0"); done
 fi
-worker() {  # worker k takes queue items k, k + jobs, ...
-  for ((i = $1; i < ${#queue[@]}; i += jobs)); do
+claims=$(mktemp -d)  # a worker claims an item by making its folder (mkdir is atomic)
+trap 'rm -rf "$claims"' EXIT
+worker() {  # each worker takes the next unclaimed item, so the queue is done in its order
+  for ((i = 0; i < ${#queue[@]}; i++)); do
+    mkdir "$claims/$i" 2>/dev/null || continue
     # shellcheck disable=SC2086
     run_one ${queue[$i]} || echo "$(date -u +%FT%TZ) FAILED: ${queue[$i]} (see $log.*)" \
       | tee -a "$out/timing.txt"

@@ -4,7 +4,9 @@ Per run: RUN_DIR/eval/metrics.json (flat keys, below), meta.json (what they were
 examples.pt (the pictures' inputs) and PNGs. Several runs: DIR/report.md comparing arms (plots.py;
 default DIR = <the runs' common parent>/report). Overrides apply to every run, e.g. eval.episodes=100
 or a new suite "suites.bg_new={'table_colors': [[0.9, 0.2, 0.9]]}". Finished keys are reused while
-the checkpoint and the config they depend on are unchanged (--force recomputes them all).
+the checkpoint and the config they depend on are unchanged (--force recomputes them all). A RUN_DIR
+without ckpt.pt but with eval/metrics.json (a recorded run: study.sh keeps each finished run so in
+results/<preset>/runs/, checkpoints left out) joins the report with its metrics as recorded.
 
   success.<suite>, success_curve.<suite>@<step>   closed-loop success rate (final EMA; snapshots)
   attention.in_mask[.block<j>], attention.chance   action-head cross-attention mass on the
@@ -485,9 +487,19 @@ def main(argv=None):
     runs = [Path(x) for x in a.args if "=" not in x]
     overrides = [x for x in a.args if "=" in x]
     for r in runs:
-        if not (r / "ckpt.pt").is_file() or not (r / "config.yaml").is_file():
-            raise FileNotFoundError(f"{r} is not a run folder (needs config.yaml and ckpt.pt)")
-    metrics = {r: evaluate(r, overrides, a.force) for r in runs}
+        if not (r / "config.yaml").is_file() or not ((r / "ckpt.pt").is_file()
+                                                     or (r / "eval" / "metrics.json").is_file()):
+            raise FileNotFoundError(f"{r} is not a run folder (needs config.yaml and ckpt.pt, or "
+                                    "config.yaml and eval/metrics.json for a recorded run)")
+    recorded = [r for r in runs if not (r / "ckpt.pt").is_file()]  # results/<preset>/runs/*
+    if recorded and (overrides or a.force):
+        raise ValueError(f"{recorded[0]} has no ckpt.pt, so it cannot be evaluated again with "
+                         f"{overrides or '--force'}; its eval/metrics.json is read as it is")
+    if recorded:
+        print(f"eval: {len(recorded)} run(s) without ckpt.pt, metrics read as recorded: "
+              + ", ".join(r.name for r in recorded))
+    metrics = {r: json.loads((r / "eval" / "metrics.json").read_text()) if r in recorded
+               else evaluate(r, overrides, a.force) for r in runs}
     if len(runs) > 1:
         common = Path(os.path.commonpath([r.resolve() for r in runs]))
         out = Path(a.out) if a.out else common / "report"

@@ -174,6 +174,9 @@ def training(path, csvs, colors):
 def heatmaps(path, rows):
     """Each row's attention (summed over frames) over the current frame; cyan: interaction region.
     rows = {label: examples dict from eval.attention_part}, the same inputs in every row."""
+    if not rows:  # no run kept its examples: no picture, and none left over from an earlier report
+        path.unlink(missing_ok=True)
+        return None
     n = min(len(ex["frames"]) for ex in rows.values())
     fig, axes = plt.subplots(len(rows), n, squeeze=False, figsize=(1.7 * n, 1.8 * len(rows)))
     for r, (label, ex) in enumerate(rows.items()):
@@ -294,14 +297,23 @@ def report(runs, metrics, out, baseline="baseline"):
         if a != baseline and pairs:
             diffs[a] = {k: mean_ci([x[k] - y[k] for x, y in pairs if is_number(x.get(k))
                                     and is_number(y.get(k))]) for k in keys}
-    examples = {a: torch.load(rs[0] / "eval" / "examples.pt", weights_only=True)
-                for a, rs in arms.items()}
+    # pictures: each arm's first run that kept them (a run recorded without its eval/examples.pt or
+    # pca.png, by an older study.sh, has none); arms without any are named in the report
+    shown = {f: {a: next((r for r in rs if (r / "eval" / f).is_file()), None) for a, rs in
+                 arms.items()} for f in ["examples.pt", "pca.png"]}
+    missing = {f: [a for a, r in by_arm.items() if r is None] for f, by_arm in shown.items()}
+    for f, arms_without in missing.items():
+        if arms_without:
+            print(f"report: no run of {', '.join(arms_without)} has eval/{f}; left out of its "
+                  "pictures", file=sys.stderr)
+    examples = {a: torch.load(r / "eval" / "examples.pt", weights_only=True)
+                for a, r in shown["examples.pt"].items() if r}
     same = all(torch.equal(ex["frames"], next(iter(examples.values()))["frames"])
                for ex in examples.values())
     head = [a for a in arms if not a.startswith("abl-")] or list(arms)  # figures: headline arms
     colors = {r: (c, a) for a, c in palette(head).items() for r in arms[a]}  # as bars and lines
     figs = figures(out, {a: stats[a] for a in head}, {r: read_csv(r / "metrics.csv") for a in head
-                   for r in arms[a]}, colors, {a: examples[a] for a in head})
+                   for r in arms[a]}, colors, {a: examples[a] for a in head if a in examples})
     abl = [a for a in arms if a not in head]
     if abl:  # the ablations beside baseline and agra on the ablations' seeds (as in summary.md)
         st = {a: {k: mean_ci([metrics[r].get(k) for r in rs]) for k in keys + curve}
@@ -311,8 +323,9 @@ def report(runs, metrics, out, baseline="baseline"):
         figs["ablations: success against training steps"] = lines(
             out / "abl_curve.png", st, "success_curve.", "training step")
         figs = {k: v for k, v in figs.items() if v}
-    for a, rs in arms.items():  # copies, so the report folder stands alone (runs/ is not kept)
-        shutil.copy(rs[0] / "eval" / "pca.png", out / f"pca_{a}.png")
+    for a, r in shown["pca.png"].items():  # copies, so the report folder stands alone
+        if r:
+            shutil.copy(r / "eval" / "pca.png", out / f"pca_{a}.png")
     md = [(f"# Evaluation report\n\n`python eval.py {' '.join(sys.argv[1:])}`, "
            f"{time.strftime('%Y-%m-%d %H:%M')}. Means with 95% t-intervals over seeds (n = seeds); "
            f"paired differences to `{baseline}` over the seeds both arms ran. An arm = the runs "
@@ -336,13 +349,19 @@ def report(runs, metrics, out, baseline="baseline"):
     else:
         md += [f"\nNo paired differences: no arm named `{baseline}` shares a seed with another."]
     md += ["\n## Pictures\n"] + [f"### {t}\n\n![{t}]({f})\n" for t, f in figs.items()]
+    rows = [f"{a} ({shown['examples.pt'][a].name})" for a in head if a in examples]
+    md += [f"Attention rows, top to bottom: {', '.join(rows)}.\n" if rows else ""]
+    lost = {"attention map": [a for a in head if a in missing["examples.pt"]],
+            "PCA picture": missing["pca.png"]}
+    md += [f"No {what} for {', '.join(arms_)}: none of their runs kept it (a run recorded without "
+           "its eval/examples.pt or eval/pca.png).\n" for what, arms_ in lost.items() if arms_]
     md += ["" if same else "(The arms' held-out inputs differ: their data configs differ.)\n"]
     md += ["### PCA of interface features next to the teacher's\n",
            ("Rows: the current frame; the top 3 principal components of the aligned layer's "
             "foresight features as they are (mostly the token's position), then with each grid "
             "cell's mean over the shown windows removed (what differs between frames); the "
-            "teacher's. Seed of each arm's first run.\n")]
-    md += [f"{a}:\n\n![pca {a}](pca_{a}.png)\n" for a in arms]
+            "teacher's. The run is named beside its arm.\n")]
+    md += [f"{a} ({r.name}):\n\n![pca {a}](pca_{a}.png)\n" for a, r in shown["pca.png"].items() if r]
     parts = [f"time.{p}" for p in TIMES if any(f"time.{p}" in metrics[r] for r in runs)]
     md += ["## Time (seconds)\n", "| run | " + " | ".join(p[5:] for p in parts) + " |",
            "|---" * (len(parts) + 1) + "|"]

@@ -5,10 +5,11 @@
 #   JOBS=2 bash study.sh cpu     # runs at once, each on nproc / JOBS threads (default 2 on 2 cores:
 #                                # one thread each is faster in sum than two threads for one run)
 # Resumable: run it again and it skips finished runs and evaluations and resumes a partial run
-# from its checkpoint. Every run's metrics.json, config and training curve are copied to
-# results/<preset>/runs/ as soon as it is evaluated (checkpoints stay in runs/); the report is
-# built at the end from the finished runs. The same report while the study still runs:
-#   python eval.py $(ls results/cpu/runs | sed 's|^|runs/|') --out results/cpu --readme README.md
+# from its checkpoint. Each run, once evaluated, is recorded in results/<preset>/runs/<name>/: its
+# folder without the checkpoints (config, training curve, eval/ metrics, meta, examples, PCA), so a
+# finished run needs nothing in runs/ again. The report is built at the end from those records;
+# the same report while the study still runs:
+#   python eval.py results/cpu/runs/* --out results/cpu --readme README.md
 set -euo pipefail
 cd "$(dirname "$0")"
 preset=${1:-cpu}
@@ -63,7 +64,7 @@ late=(abl-frozen abl-frozen-agra)  # the issue's "if time allows": after every h
 run_one() {  # arm seed
   local arm=$1 seed=$2 name="$preset-$1-s$2"
   local t0=$SECONDS
-  if [ -f "$out/runs/$name/metrics.json" ]; then return; fi
+  if [ -f "$out/runs/$name/eval/metrics.json" ]; then return; fi
   local resumed=""  # a resumed run's time counts from its checkpoint, not from step 0
   if [ -f "runs/$name/ckpt.pt" ]; then resumed=", resumed from its checkpoint"; fi
   local init=()
@@ -80,9 +81,10 @@ run_one() {  # arm seed
   $py train.py "configs/$preset.yaml" "name=$name" "train.seed=$seed" ${ARMS[$arm]} "${init[@]}" \
     >>"$log.$name" 2>&1 || return 1  # (set -e does not reach inside a function run with ||)
   $py eval.py "runs/$name" >>"$log.$name" 2>&1 || return 1
-  mkdir -p "$out/runs/$name"
-  cp "runs/$name/config.yaml" "runs/$name/metrics.csv" "runs/$name/eval/metrics.json" \
-     "$out/runs/$name/" || return 1
+  local rec="$out/runs/$name"  # the record; eval/metrics.json last: it marks the run finished
+  mkdir -p "$rec/eval"
+  cp "runs/$name/config.yaml" "runs/$name/metrics.csv" "$rec/" || return 1
+  cp "runs/$name/eval/"{meta.json,examples.pt,pca.png,metrics.json} "$rec/eval/" || return 1
   echo "$(date -u +%FT%TZ) $name done in $((SECONDS - t0)) s ($OMP_NUM_THREADS threads$resumed)" \
     | tee -a "$out/timing.txt"
 }
@@ -126,10 +128,8 @@ echo "$(date -u +%FT%TZ) start: bash study.sh $*  (seeds: $seeds, $jobs jobs) on
   "$cores cores" | tee -a "$out/timing.txt"
 for ((k = 0; k < jobs; k++)); do worker "$k" & done
 wait
-# the report covers the finished runs only (those evaluated and copied to $out/runs/): a run still
-# going in another study.sh, or one that failed, must not be evaluated half-trained
-finished=$(ls "$out/runs" | sed 's|^|runs/|')
-# shellcheck disable=SC2086
-$py eval.py $finished --out "$out" --readme README.md >>"$log" 2>&1
+# the report reads the records of the finished runs only: a run still going in another study.sh,
+# or one that failed, has none
+$py eval.py "$out"/runs/* --out "$out" --readme README.md >>"$log" 2>&1
 if [ -f "$out/report.md" ]; then where="$out/report.md"; else where="no report (one finished run)"; fi
 echo "$(date -u +%FT%TZ) study finished: $where" | tee -a "$out/timing.txt"

@@ -434,3 +434,24 @@ def test_training_curves_of_runs_in_progress(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty is not a run folder"):
         plots.main([str(tmp_path / "t.png"), str(tmp_path / "empty")])
+
+
+def test_recorded_runs_give_the_same_report(runs, tmp_path):
+    """Run folders without their checkpoints (results/<preset>/runs/*, as study.sh keeps them)
+    give the report the run folders give; one that lost its examples is left out of the pictures
+    and named; a recorded run cannot be evaluated again with overrides."""
+    names = ["tiny-baseline-s0", "tiny-agra-s0"]
+    ev.main([*(str(runs / n) for n in names), "--out", str(tmp_path / "live"), *SMALL])
+    for n in names:
+        shutil.copytree(runs / n, tmp_path / "rec" / n,
+                        ignore=shutil.ignore_patterns("ckpt.pt", "snapshots"))
+    rec = [str(tmp_path / "rec" / n) for n in names]
+    ev.main([*rec, "--out", str(tmp_path / "again")])
+    assert (tmp_path / "again" / "summary.md").read_text() == \
+        (tmp_path / "live" / "summary.md").read_text()
+    (tmp_path / "rec" / names[0] / "eval" / "examples.pt").unlink()
+    ev.main([*rec, "--out", str(tmp_path / "lost")])
+    md = (tmp_path / "lost" / "report.md").read_text()
+    assert "No attention map for baseline" in md and "Attention rows, top to bottom: agra" in md, md
+    with pytest.raises(ValueError, match="tiny-baseline-s0 has no ckpt.pt"):
+        ev.main([*rec, "--out", str(tmp_path / "x"), "eval.episodes=2"])

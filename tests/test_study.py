@@ -16,6 +16,7 @@ if [ "$script" = train.py ]; then
   mkdir -p "runs/$name" && touch "runs/$name/config.yaml" "runs/$name/metrics.csv" "runs/$name/ckpt.pt"
 elif [ "$script" = eval.py ] && [ "$#" = 1 ]; then
   mkdir -p "$1/eval" && echo {} > "$1/eval/metrics.json"
+  touch "$1/eval/meta.json" "$1/eval/examples.pt" "$1/eval/pca.png"
 fi
 """
 
@@ -78,12 +79,30 @@ def test_frozen_ablations_train_their_pretrain_first_and_start_from_it(tmp_path)
 
 
 def test_a_second_call_skips_finished_runs(tmp_path):
-    """Run again, the study trains and evaluates nothing it finished (only the report is rebuilt)."""
+    """Run again, on a new machine without runs/, the study trains and evaluates nothing it
+    finished: the records in results/ suffice, and the report is rebuilt from them."""
     first = study(tmp_path, "headline", seeds="0")
     (tmp_path / "calls.txt").unlink()
+    shutil.rmtree(tmp_path / "runs")
     again = study(tmp_path, "headline", seeds="0")
     assert len(first) == 10  # the demos, 4 trains, 4 evals, the report
     assert again == [c for c in first if "--out" in c or "make_demos" in c]
+    rec = tmp_path / "results/tiny/runs/tiny-agra-s0"
+    assert sorted(str(f.relative_to(rec)) for f in rec.rglob("*") if f.is_file()) == [
+        "config.yaml", "eval/examples.pt", "eval/meta.json", "eval/metrics.json", "eval/pca.png",
+        "metrics.csv"]
+    report = next(c for c in again if "--out" in c).split()
+    assert sorted(report[1:5]) == sorted(f"results/tiny/runs/tiny-{a}-s0" for a in
+                                         ["baseline", "agra", "agra-random", "agra-shuffled"])
+
+
+def test_workers_take_each_item_once(tmp_path):
+    """Three workers over eight runs: every run trained and evaluated exactly once."""
+    calls = study(tmp_path, "headline", seeds="0 1", jobs=3)
+    names = [c.split()[2] for c in calls if c.startswith("train.py")]
+    assert sorted(names) == sorted(f"name=tiny-{a}-s{s}" for s in (0, 1) for a in
+                                   ["baseline", "agra", "agra-random", "agra-shuffled"]), names
+    assert len([c for c in calls if c.startswith("eval.py runs/")]) == 8
 
 
 def test_the_demos_are_built_once_before_any_run(tmp_path):

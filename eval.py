@@ -217,11 +217,13 @@ def attention_part(model, cfg, held, device, out):
         else "oracle"
     teacher, tname = align.build_teacher(tcfg)
     feats = hidden[cfg.align.layer][:n].view(n, -1, g, g, cfg.model.width)[:, cur]  # (n, g, g, D)
-    torch.save({"frames": ((ex["video"][:, cur] + 1) * 127.5).round().byte(),  # (n, 3, H, W)
-                "attn": (sum(maps) / len(maps))[:n].view(n, -1, g, g).sum(1),   # (n, g, g)
-                "region": region[:n].view(n, -1, g, g)[:, cur],                 # (n, g, g)
-                "student": feats.float().cpu(), "layer": cfg.align.layer,       # (n, g, g, D)
-                "teacher": teacher(ex)[:, cur].float().cpu(), "teacher_name": tname},  # (n,g,g,Dt)
+    pics = {"frames": ((ex["video"][:, cur] + 1) * 127.5).round().byte(),  # (n, 3, H, W)
+            "attn": (sum(maps) / len(maps))[:n].view(n, -1, g, g).sum(1),   # (n, g, g)
+            "region": region[:n].view(n, -1, g, g)[:, cur],                 # (n, g, g)
+            "student": feats.float().cpu(), "layer": cfg.align.layer,       # (n, g, g, D)
+            "teacher": teacher(ex)[:, cur].float().cpu(), "teacher_name": tname}  # (n, g, g, Dt)
+    # clone: torch.save writes a view's whole storage (the batch's), not just the view
+    torch.save({k: v.clone() if torch.is_tensor(v) else v for k, v in pics.items()},
                out / "examples.pt")
     return m
 

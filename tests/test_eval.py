@@ -292,6 +292,10 @@ def test_whole_eval_writes_every_key_and_reuses_it(runs):
     for f in ["success.png", "severity.png", "curve.png", "sensitivity.png", "training.png",
               "attention.png", "pca.png"]:
         assert (run / "eval" / f).stat().st_size > 0, f"picture {f} missing"
+    ex = torch.load(run / "eval" / "examples.pt", weights_only=True)  # kept in results/: small
+    data = sum(v.nbytes for v in ex.values() if torch.is_tensor(v))
+    size = (run / "eval" / "examples.pt").stat().st_size
+    assert size < data + 20_000, f"examples.pt {size} bytes for {data} bytes of tensors"
     stored["success.id"] = -1.0  # a marker: kept if reused, replaced if recomputed
     (run / "eval" / "metrics.json").write_text(json.dumps(stored))
     assert ev.evaluate(run, SMALL)["success.id"] == -1.0, "a finished eval was recomputed"

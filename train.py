@@ -64,6 +64,21 @@ class TrainConfig:
     snapshots: list = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # EMA kept at fractions
     out_dir: str = "runs"
 
+    def __post_init__(self):
+        for key in ["steps", "batch_size", "log_every", "ckpt_every"]:
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key}={getattr(self, key)}; expected >= 1")
+        for key, ok, want in [("lr", self.lr > 0, "> 0"), ("min_lr", self.min_lr >= 0, ">= 0"),
+                              ("warmup", self.warmup >= 0, ">= 0"),
+                              ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"),
+                              ("ema", 0 <= self.ema < 1, "in [0, 1)")]:
+            if not ok:
+                raise ValueError(f"train.{key}={getattr(self, key)}; expected {want}")
+        for f in self.snapshots:  # fractions of train.steps
+            if not (isinstance(f, (int, float)) and 0 < f <= 1):
+                raise ValueError(f"train.snapshots={self.snapshots} has {f!r}; expected fractions "
+                                 "of train.steps in (0, 1]")
+
 
 @dataclass
 class Config:
@@ -183,7 +198,12 @@ def seed_everything(seed):
 
 
 def get_lr(step, tc):
-    """Linear warmup, then cosine from lr to min_lr over the remaining steps."""
+    """Linear warmup, then cosine from lr to min_lr over the remaining steps:
+    step < warmup:  lr * (step + 1) / warmup
+    otherwise:      min_lr + (lr - min_lr) * (1 + cos(pi * frac)) / 2,
+                    frac = (step - warmup) / max(1, steps - warmup)
+    Steps warmup - 1 and warmup both give lr, step `steps` gives min_lr; the last step trained,
+    steps - 1, stays just above min_lr."""
     if step < tc.warmup:
         return tc.lr * (step + 1) / tc.warmup
     frac = (step - tc.warmup) / max(1, tc.steps - tc.warmup)

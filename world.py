@@ -99,6 +99,11 @@ class Suite:
         for k in ["brightness", "tint", "n_distractors", "distractor_size", "target_size"]:
             v = getattr(self, k)
             _need(len(v) == 2 and v[0] <= v[1], f"suite.{k} = {v}; expected [lo, hi] with lo <= hi")
+        _need(self.n_distractors[0] >= 0, f"suite.n_distractors = {self.n_distractors}; expected "
+              "[lo, hi] with lo >= 0 (a negative count would drop the target)")
+        for k in ["distractor_size", "target_size"]:  # block radii
+            v = getattr(self, k)
+            _need(v[0] > 0, f"suite.{k} = {v}; expected [lo, hi] with lo > 0 (a radius)")
         for k in ["gripper_region", "target_region", "goal_region", "distractor_region"]:
             for b in getattr(self, k):
                 _need(len(b) == 4 and 0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1,
@@ -106,7 +111,8 @@ class Suite:
         _need(all(len(c) == 3 and 0 <= min(c) <= max(c) <= 1 for c in self.table_colors),
               f"suite.table_colors = {self.table_colors}; expected RGB lists in [0, 1]")
         dc = self.distractor_colors  # a target's own colour is never drawn: keep another one
-        _need(len(set(dc)) > 1 or dc[0] not in TASK_COLORS, f"suite.distractor_colors = {dc}")
+        _need(len(set(dc)) > 1 or dc[0] not in TASK_COLORS, f"suite.distractor_colors = {dc}; "
+              f"expected two or more distinct colours, or one not in {TASK_COLORS}")
 
 
 def task_names(env):
@@ -195,7 +201,8 @@ def reset(env, suite, task, gen):
         if i >= 100:
             goal = torch.where(bad[:, None], _in_boxes(gen, suite.goal_region, B), goal)
         target = torch.where(bad[:, None], _in_boxes(gen, suite.target_region, B), target)
-    _need(not _too_close(target, goal[:, None], sep).any(), f"no target position in "
+    bad = _too_close(target, goal[:, None], sep)  # (B,) after the last redraw
+    _need(not bad.any(), f"no target position in "
           f"{suite.target_region} clear of a goal in {suite.goal_region} in "
           f"{int(bad.sum())} of {B} worlds after 200 draws")
     gripper = _sample_clear(gen, suite.gripper_region, target[:, None], r + size[:, :1] + 0.1,

@@ -157,7 +157,8 @@ def test_regions_without_room_raise_and_integer_boxes_work():
     reset(env, get_suite(full, "id"), torch.tensor([4, 5]), torch.Generator())  # ints are fine
     cramped = {"id": {**DEFAULT_SUITES["id"], "goal_region": [[0.45, 0.45, 0.55, 0.55]],
                       "target_region": [[0.4, 0.4, 0.6, 0.6]]}}
-    with pytest.raises(ValueError, match=r"no target position in \[\[0.4, 0.4, 0.6, 0.6\]\]"):
+    with pytest.raises(ValueError, match=r"no target position in \[\[0.4, 0.4, 0.6, 0.6\]\].* "
+                       r"in 2 of 2 worlds"):
         reset(env, get_suite(cramped, "id"), torch.tensor([4, 5]), torch.Generator())
 
 
@@ -256,7 +257,8 @@ def test_cache_returns_what_generation_returned(tmp_path, monkeypatch):
 
 def test_bad_inputs_raise():
     """Unknown suites, suite keys and tasks, wrong-shaped or NaN actions and wrongly typed or
-    invalid config values raise errors naming the value."""
+    invalid config values (a negative distractor count, a block radius <= 0) raise errors naming
+    the value and what was expected."""
     env = EnvConfig(res=16)
     state, _ = worlds(env, B=4)
     with pytest.raises(KeyError, match="nope"):
@@ -274,7 +276,15 @@ def test_bad_inputs_raise():
                        (lambda: DataConfig(seed=1.5), "seed = 1.5"),
                        (lambda: DataConfig(horizon=True), "horizon = True"),
                        (lambda: world.Suite(textures=["marble"]), "'marble'"),
-                       (lambda: world.Suite(brightness=[1.2, 0.8]), r"\[1.2, 0.8\]")]:
+                       (lambda: world.Suite(brightness=[1.2, 0.8]), r"\[1.2, 0.8\]"),
+                       (lambda: world.Suite(n_distractors=[-1, 2]),
+                        r"n_distractors = \[-1, 2\]; expected \[lo, hi\] with lo >= 0"),
+                       (lambda: world.Suite(target_size=[0.0, 0.1]),
+                        r"target_size = \[0.0, 0.1\]; expected \[lo, hi\] with lo > 0"),
+                       (lambda: world.Suite(distractor_size=[-0.05, 0.1]),
+                        r"distractor_size = \[-0.05, 0.1\]; expected \[lo, hi\] with lo > 0"),
+                       (lambda: world.Suite(distractor_colors=["red"]),
+                        r"distractor_colors = \['red'\]; expected two or more distinct")]:
         with pytest.raises(ValueError, match=named):
             bad()
     with pytest.raises(ValueError, match="max_distractors"):

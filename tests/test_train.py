@@ -1,7 +1,9 @@
 """train.py: config loading, the loop, checkpoints and exact resume (CPU, tiny preset)."""
 
 import csv
+import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,6 +149,65 @@ def test_wrong_type_names_key_value_and_type():
         train.load_config(TINY, ["model.depth=deep"])
     with pytest.raises(TypeError, match=r"'train.steps' = 1.5 \(float\); expected int"):
         train.load_config(TINY, ["train.steps=1.5"])
+
+
+def test_bad_train_values_raise():
+    """Each out-of-range train value fails at load time (after the overrides), naming the key,
+    the value and the expected range; the edge values that are valid load."""
+    cases = [("steps=0", "train.steps=0; expected >= 1"),
+             ("batch_size=0", "train.batch_size=0; expected >= 1"),
+             ("log_every=-5", "train.log_every=-5; expected >= 1"),
+             ("ckpt_every=0", "train.ckpt_every=0; expected >= 1"),
+             ("ema=1.0", "train.ema=1.0; expected in [0, 1)"),
+             ("ema=-0.1", "train.ema=-0.1; expected in [0, 1)"),
+             ("snapshots=[0.5, 0.0]", "train.snapshots=[0.5, 0.0] has 0.0; expected fractions"),
+             ("snapshots=[1.5]", "train.snapshots=[1.5] has 1.5; expected fractions"),
+             ("snapshots=[250]", "train.snapshots=[250] has 250; expected fractions"),
+             ("lr=0.0", "train.lr=0.0; expected > 0"),
+             ("min_lr=-1e-05", "train.min_lr=-1e-05; expected >= 0"),
+             ("warmup=-1", "train.warmup=-1; expected >= 0"),
+             ("grad_clip=-1.0", "train.grad_clip=-1.0; expected >= 0")]
+    for override, needle in cases:
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            train.load_config(TINY, [f"train.{override}"])
+    tc = train.load_config(TINY, ["train.ema=0.0", "train.warmup=0", "train.grad_clip=0.0",
+                                  "train.min_lr=0.0", "train.snapshots=[1.0]", "train.steps=1"]).train
+    assert (tc.ema, tc.warmup, tc.grad_clip, tc.snapshots) == (0.0, 0, 0.0, [1.0]), tc
+
+
+def test_lr_schedule_follows_its_formula():
+    """get_lr is lr * (step + 1) / warmup during warmup, reaches lr at its end, then falls
+    monotonically along the cosine to min_lr at step `steps` (values worked out by hand)."""
+    tc = train.TrainConfig(steps=16, warmup=4, lr=1.0, min_lr=0.1)
+    want = {0: 0.25, 1: 0.5, 3: 1.0,    # warmup: (step + 1) / 4
+            4: 1.0,                     # frac 0: cos 0 = 1
+            8: 0.1 + 0.9 * 0.75,        # frac 1/3: (1 + cos(pi/3)) / 2 = 0.75
+            10: 0.1 + 0.9 * 0.5,        # frac 1/2: (1 + cos(pi/2)) / 2 = 0.5
+            12: 0.1 + 0.9 * 0.25,       # frac 2/3: (1 + cos(2pi/3)) / 2 = 0.25
+            16: 0.1}                    # frac 1: cos pi = -1
+    for step, lr in want.items():
+        assert train.get_lr(step, tc) == pytest.approx(lr, abs=1e-12), f"step {step}"
+    after = [train.get_lr(s, tc) for s in range(4, 17)]
+    assert all(a > b for a, b in itertools.pairwise(after)), f"not decreasing: {after}"
+    assert 0.1 < train.get_lr(15, tc) < 0.12, "the last step trained is not just above min_lr"
+
+
+def test_ema_is_the_documented_average_after_one_step(tmp_path):
+    """After one optimizer step the checkpoint's EMA weights are ema * initial + (1 - ema) *
+    trained, for every parameter (the EMA starts as a copy of the initial model)."""
+    cfg = train.load_config(TINY, run_args(tmp_path, "ema", "train.steps=1", "train.ema=0.75",
+                                           "align.weight=0.0"))
+    train.train(cfg)
+    ckpt = torch.load(tmp_path / "runs" / "ema" / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 1, f"checkpoint at step {ckpt['step']}, expected 1"
+    torch.manual_seed(cfg.train.seed)  # train() seeds the model init the same way
+    model = train.build_model(cfg)
+    moved = 0
+    for k, init in model.named_parameters():
+        trained, ema = ckpt["model"][k], ckpt["ema"][k]
+        moved += not torch.equal(trained, init.detach())
+        torch.testing.assert_close(ema, 0.75 * init.detach() + 0.25 * trained, msg=f"ema {k}")
+    assert moved > 10, f"only {moved} parameters moved in the step: the check proves little"
 
 
 def test_bad_base_raises(tmp_path):

@@ -68,7 +68,19 @@ class EvalConfig:
     examples: int = 6              # windows shown in the attention and PCA pictures
     seed: int = 1234               # episodes, held-out demos and noise; must differ from data.seed
     use_ema: bool = True           # evaluate the EMA weights (else the raw weights)
-    device: str = "auto"           # auto | cpu | cuda
+    device: str = "auto"           # auto | cpu | cuda[:i]
+
+    def __post_init__(self):
+        for k in ("episodes", "batch_size", "curve_episodes", "heldout_episodes", "attn_samples",
+                  "intervention_samples", "probe_samples", "probe_steps", "psnr_samples",
+                  "latency_reps", "examples"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"eval.{k}={getattr(self, k)}; expected an integer >= 1")
+        for k in ("replan", "act_steps"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"eval.{k}={getattr(self, k)}; expected 0 (the default) or more")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"eval.device={self.device!r}; expected auto, cpu, cuda or cuda:<i>")
 
 
 def context_times(t, n_ctx, stride):
@@ -87,8 +99,12 @@ def nanmean(xs):
 
 
 def sensitivity_ratio(relevant, irrelevant):
-    """Relevant change / mean irrelevant change (nan entries, e.g. no valid episode, are skipped)."""
-    return relevant / nanmean(irrelevant)
+    """Relevant change / mean irrelevant change (nan entries, e.g. no valid episode, are skipped);
+    inf when the irrelevant edits change nothing at all (a perfectly invariant head), nan for 0/0."""
+    base = nanmean(irrelevant)
+    if base == 0:
+        return float("inf") if relevant > 0 else float("nan")
+    return relevant / base
 
 
 def region_tokens(masks, ids, patch):
@@ -169,10 +185,14 @@ def success_rate(model, cfg, suite, episodes, device):
     return wins / episodes
 
 
-def heldout(cfg):
-    """Fresh expert episodes (seed eval.seed, never the training seed) and their Dataset windows."""
+def check_heldout_seed(cfg):
     if cfg.eval.seed == cfg.data.seed:
         raise ValueError(f"eval.seed={cfg.eval.seed} equals data.seed: held-out data must differ")
+
+
+def heldout(cfg):
+    """Fresh expert episodes (seed eval.seed, never the training seed) and their Dataset windows."""
+    check_heldout_seed(cfg)
     hcfg = copy.deepcopy(cfg)
     hcfg.data.seed, hcfg.data.n_episodes = cfg.eval.seed, cfg.eval.heldout_episodes
     demos = data.make_demos(hcfg)
@@ -415,6 +435,7 @@ def evaluate(run, overrides=(), force=False):
     t_start, run = time.perf_counter(), Path(run)
     cfg = train.load_config(run / "config.yaml", overrides)
     ec, out = cfg.eval, run / "eval"
+    check_heldout_seed(cfg)  # now, not after the closed-loop suites have run
     device = ("cuda" if torch.cuda.is_available() else "cpu") if ec.device == "auto" else ec.device
     suites = list(cfg.suites) if ec.suites == ["all"] else ec.suites
     defs = {s: asdict(world.get_suite(cfg.suites, s)) for s in [*suites, *ec.curve_suites]}

@@ -392,12 +392,12 @@ def summary(arms, metrics, seed, baseline, reference="agra"):
     the ablations (arms named abl-*) beside the baseline and `reference` arms on the ablations'
     seeds only (an ablation is one knob away from `reference`), then OOD success per suite and the
     paired differences."""
-    m = {r: {**x, "success.ood": sum(v for k, v in x.items() if k.startswith("success.")
-                                     and k != "success.id") / max(1, sum(
-                                         k.startswith("success.") and k != "success.id" for k in x))}
-         for r, x in metrics.items()}
-    suites = sorted({k for x in m.values() for k in x if k.startswith("success.")
-                     and k not in ("success.id", "success.ood")})
+    ood = {r: {k for k in x if k.startswith("success.") and k != "success.id"}
+           for r, x in metrics.items()}
+    common = set.intersection(*ood.values()) if ood else set()  # a mean of the same suites only
+    suites = sorted(set().union(*ood.values()))
+    m = {r: {**x, "success.ood": (sum(v for k, v in x.items() if k in common) / len(common)
+                                  if common else math.nan)} for r, x in metrics.items()}
 
     def table(rows, cols):  # rows: [(label, runs)]
         md = ["| arm | seeds | teacher | " + " | ".join(c for _, c in cols) + " |",
@@ -410,8 +410,12 @@ def summary(arms, metrics, seed, baseline, reference="agra"):
         return md
     head = [a for a in arms if not a.startswith("abl-")]
     abl = [a for a in arms if a.startswith("abl-")]
-    md = ["Mean ± 95% t-interval over seeds (no interval with one seed).\n",
-          *table([(a, arms[a]) for a in head], SUMMARY)]
+    md = ["Mean ± 95% t-interval over seeds (no interval with one seed).\n"]
+    if set(suites) != common:
+        left = ", ".join(k[8:] for k in suites if k not in common)
+        md.append(f"OOD success is the mean over the suites every run has; not every run has "
+                  f"{left}, so those are left out of it.\n")
+    md += table([(a, arms[a]) for a in head], SUMMARY)
     if abl:
         cols = [c for c in SUMMARY if c[0] not in ("attention.chance", "video.psnr",
                                                     "latency.act_ms")]

@@ -51,12 +51,26 @@ def test_uniform_attention_is_at_chance():
     assert abs(s["in_mask"] - s["chance"]) < 1e-6, f"uniform in_mask {s['in_mask']} != chance"
 
 
+def test_attention_stats_average_over_the_batch():
+    """Two windows: all attention on the region in one, all off it in the other, give in_mask 0.5;
+    chance is the mean of the two regions' token shares, each window's centroid its own."""
+    region = torch.cat([region_of(4, 2, [(0, 1, 1)]), region_of(4, 2, [(1, 2, 2), (1, 2, 3)])])
+    attn = torch.cat([region_of(4, 2, [(0, 1, 1)]), region_of(4, 2, [(0, 2, 0)])]).float()
+    s = ev.attention_stats(attn, region, 4)                                       # (B, T*N) = (2, 32)
+    assert abs(s["in_mask"] - 0.5) < 1e-6, f"in_mask {s['in_mask']}, expected (1 + 0) / 2"
+    assert abs(s["chance"] - (1 / 32 + 2 / 32) / 2) < 1e-6, f"chance {s['chance']}"
+    assert abs(s["centroid_error"] - 2.5 / 2) < 1e-5, f"centroid error {s['centroid_error']}"
+
+
 def test_region_tokens_pool_pixels_to_tokens():
     """A token is in the region when any of its pixels carries an interaction id, never otherwise."""
     masks = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)                           # (B, T, H, W)
     masks[0, 0, 5, 2], masks[0, 0, 0, 7] = 3, 4  # a target pixel in token (1, 0), a distractor's
     region = ev.region_tokens(masks, [1, 3], 4)                                   # (1, 4)
     assert region.tolist() == [[False, False, True, False]], f"region tokens {region.tolist()}"
+    two = torch.zeros(1, 2, 8, 8, dtype=torch.uint8)  # frames are time-major: frame 1 at 4..7
+    two[0, 1, 1, 6] = 3                                                           # token (0, 1)
+    assert ev.region_tokens(two, [3], 4)[0].nonzero().tolist() == [[5]]
 
 
 def test_sensitivity_ratio_on_a_hand_made_case():
@@ -68,6 +82,8 @@ def test_sensitivity_ratio_on_a_hand_made_case():
     assert moved.tolist() == [5.0, 5.0] and same.tolist() == [0.0, 0.0], (moved, same)
     ratio = ev.sensitivity_ratio(moved.mean().item(), [swapped.mean().item(), math.nan, 0.0])
     assert abs(ratio - 10) < 1e-5, f"ratio {ratio}, expected 5 / mean(1, 0) = 10"
+    assert ev.sensitivity_ratio(1.0, [0.0, math.nan]) == math.inf, "a perfectly invariant head"
+    assert math.isnan(ev.sensitivity_ratio(0.0, [0.0])), "no change at all is not a ratio"
 
 
 def test_token_edits_touch_only_the_marked_tokens():
@@ -151,6 +167,20 @@ def test_figures_give_each_arm_its_own_colour_and_skip_missing_points(tmp_path):
     assert "Paired" not in md and "nan" not in md, md
 
 
+def test_ood_success_is_the_mean_over_the_suites_every_run_has():
+    """OOD success is each run's mean over the suites all runs were evaluated on (a suite only some
+    runs have is named and left out of it); a run without OOD suites has no OOD success (n/a)."""
+    metrics = {"r0": {"success.id": 1.0, "success.a": 0.2, "success.b": 0.6, "teacher": "t"},
+               "r1": {"success.id": 1.0, "success.a": 0.4, "success.b": 0.8, "success.c": 0.0,
+                      "teacher": "t"}}
+    md = plots.summary({"baseline": ["r0", "r1"]}, metrics, {"r0": 0, "r1": 1}, "baseline")
+    assert "| baseline | 2 | t | 1.000 ± 0.000 | 0.500 ± 1.271 |" in md, md
+    assert "not every run has c," in md, md
+    md = plots.summary({"baseline": ["r0"]}, {"r0": {"success.id": 1.0, "teacher": "t"}},
+                       {"r0": 0}, "baseline")
+    assert "| baseline | 1 | t | 1.000 | n/a |" in md, md
+
+
 def test_ablation_table_compares_on_the_ablations_seeds_only():
     """Ablations run on seed 0 sit beside the baseline and agra rows of seed 0 alone (not the
     means over every seed), and each gets its paired difference to the baseline."""
@@ -218,6 +248,56 @@ def runs(tmp_path_factory):
     return tmp / "runs"
 
 
+@pytest.mark.parametrize("bad", ["eval.episodes=0", "eval.batch_size=0", "eval.probe_steps=-1",
+                                 "eval.replan=-1", "eval.device=tpu"])
+def test_bad_eval_values_are_refused_when_the_config_loads(bad):
+    """A zero or negative count, or an unknown device, fails when the config loads, naming the key
+    and its value, not as a ZeroDivisionError deep inside the evaluation."""
+    with pytest.raises(ValueError, match=bad.replace("tpu", "'tpu'")):
+        train.load_config(TINY, [bad])
+
+
+def test_eval_refuses_the_training_seed_before_any_episode(runs, monkeypatch):
+    """eval.seed equal to data.seed (held-out data would be training data) fails before the
+    closed-loop suites run, so no evaluation time is spent and lost."""
+    def no_episodes(*args):
+        raise AssertionError("success_rate ran before the seed check")
+    monkeypatch.setattr(ev, "success_rate", no_episodes)
+    cfg = train.load_config(runs / "tiny-baseline-s0" / "config.yaml")
+    with pytest.raises(ValueError, match=f"eval.seed={cfg.data.seed} equals data.seed"):
+        ev.evaluate(runs / "tiny-baseline-s0", [*SMALL, f"eval.seed={cfg.data.seed}"])
+
+
+def test_psnr_of_a_known_error_is_20_db(monkeypatch):
+    """imagine() off by 0.2 on the [-1, 1] scale (0.1 on [0, 1]) everywhere gives exactly 20 dB:
+    this pins the scale and that the true frames compared are the future ones, not the context."""
+    cfg = train.load_config(TINY, SMALL)
+    model, held = train.build_model(cfg).eval(), ev.heldout(cfg)
+    video = ev.windows(held[1], cfg.eval.psnr_samples, cfg.eval.seed + 3)["video"]  # the part's
+    monkeypatch.setattr(model, "imagine", lambda ctx, task: video[:, cfg.data.n_ctx:] + 0.2)
+    psnr = ev.video_part(model, cfg, held, "cpu", None)["video.psnr"]
+    assert abs(psnr - 20) < 1e-3, f"PSNR {psnr} dB, expected 20"
+
+
+def test_probe_labels_are_the_targets_token(monkeypatch):
+    """The localization probe's label (world x = column, y = row, row-major tokens like the model's)
+    is a token that holds target pixels in the current frame's mask: a swapped axis or a wrong
+    frame fails this."""
+    cfg = train.load_config(TINY, SMALL)
+    model, held = train.build_model(cfg).eval(), ev.heldout(cfg)
+    seen = []
+    monkeypatch.setattr(ev, "linear_probe", lambda f, labels, *a: seen.append(labels) or 0.0)
+    ev.probe_part(model, cfg, held, "cpu", None)
+    batch = ev.windows(held[1], cfg.eval.probe_samples, cfg.eval.seed + 2)  # the part's windows
+    cur = batch["masks"][:, cfg.data.n_ctx - 1:cfg.data.n_ctx]                   # (B, 1, H, W)
+    target = ev.region_tokens(cur, [world.TARGET], cfg.model.patch)              # (B, N)
+    hit = target[torch.arange(len(target)), seen[0]].float().mean().item()
+    assert hit >= 0.9, f"only {hit:.2f} of localization labels hold target pixels"
+    g = model.grid  # the transposed labels must not pass too: the test can tell the axes apart
+    swapped = (seen[0] % g) * g + seen[0] // g
+    assert target[torch.arange(len(target)), swapped].float().mean().item() < hit - 0.2
+
+
 def test_linear_probe_finds_a_marked_token():
     """Tokens whose feature 0 marks the labelled one are found on held-out rows; chance is not."""
     gen = torch.Generator().manual_seed(0)
@@ -244,9 +324,10 @@ def test_probe_of_a_single_bridge_reads_the_aligned_layer():
         assert all(0 <= v <= 1 for v in m.values()), m
 
 
-def test_identity_intervention_changes_no_action(runs):
-    """The interventions' zero: on a trained run's interface, the same noise and an identity edit
-    give exactly the same action chunk, so every change they measure comes from the edit."""
+def test_interventions_measure_only_their_edit(runs):
+    """The interventions' zero: on a trained run's interface, with the same noise, every edit of
+    no token leaves the action chunk exactly as it was, so every change measured comes from the
+    edit; zeroing the interaction region's tokens does change it."""
     cfg = train.load_config(runs / "tiny-baseline-s0" / "config.yaml", SMALL)
     model = train.build_model(cfg).eval()
     model.load_state_dict(train.load_checkpoint(runs / "tiny-baseline-s0" / "ckpt.pt")["ema"])
@@ -257,9 +338,14 @@ def test_identity_intervention_changes_no_action(runs):
         noise = ev.noise_like(cfg, 8, 0, "cpu")                                   # (B, Ha, A)
         region = ev.region_tokens(batch["masks"], [1, 3], cfg.model.patch)
         a0 = model.sample_actions(hidden, task, 2, noise)
-        a1 = model.sample_actions(ev.edit_tokens(hidden, region, "identity", None), task, 2, noise)
-    change = ev.action_change(a1, a0)
-    assert change.abs().max() == 0, f"identity edit changed actions by {change.tolist()}"
+        none = torch.zeros_like(region)
+        for op in ["identity", *ev.HIDDEN_OPS]:
+            a1 = model.sample_actions(ev.edit_tokens(hidden, none, op, torch.Generator()), task, 2,
+                                      noise)
+            change = ev.action_change(a1, a0)
+            assert change.abs().max() == 0, f"'{op}' of no token changed actions: {change.tolist()}"
+        zeros = model.sample_actions(ev.edit_tokens(hidden, region, "zeros", None), task, 2, noise)
+    assert ev.action_change(zeros, a0).min() > 0, "zeroing the region changed no action chunk"
 
 
 def test_whole_eval_writes_every_key_and_reuses_it(runs):

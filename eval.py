@@ -255,7 +255,8 @@ def intervention_part(model, cfg, held, device, out):
     env, ec, dc = cfg.env, cfg.eval, cfg.data
     B, ids, steps = ec.intervention_samples, world.interaction_ids(env), ec.act_steps or None
     gen = torch.Generator().manual_seed(ec.seed + 1)
-    task = torch.tensor(world.task_ids(env))[torch.randint(4, (B,), generator=gen)]  # (B,)
+    tasks = torch.tensor(world.task_ids(env))                                    # env.task's family
+    task = tasks[torch.randint(len(tasks), (B,), generator=gen)]                # (B,)
     state, app = world.reset(env, world.get_suite(cfg.suites, "id"), task, gen)
     hist = [state]
     for _ in range((dc.n_ctx - 1) * dc.stride):  # an expert history as long as the context needs

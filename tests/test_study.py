@@ -13,6 +13,7 @@ script=$1; shift
 if [ "$script" = train.py ]; then
   for a in "$@"; do case $a in name=*) name=${a#name=};; train.init_from=*)
     test -f "${a#train.init_from=}" || { echo "init_from missing: $a" >&2; exit 1; };; esac; done
+  if [ "$name" = "${FAIL:-}" ]; then exit 1; fi
   mkdir -p "runs/$name" && touch "runs/$name/config.yaml" "runs/$name/metrics.csv" "runs/$name/ckpt.pt"
 elif [ "$script" = eval.py ] && [ "$#" = 1 ]; then
   mkdir -p "$1/eval" && echo {} > "$1/eval/metrics.json"
@@ -21,12 +22,13 @@ fi
 """
 
 
-def study(tmp_path, *args, seeds="0 1", jobs=2, ok=True):
+def study(tmp_path, *args, seeds="0 1", jobs=2, ok=True, fail=""):
     shutil.copy(ROOT / "study.sh", tmp_path)
     fake = tmp_path / "fakepy"
     fake.write_text(FAKE)
     fake.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "SEEDS": seeds, "JOBS": str(jobs)}
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "SEEDS": seeds, "JOBS": str(jobs),
+           "FAIL": fail}  # the run whose training fails
     p = subprocess.run(["bash", "study.sh", "tiny", *args], check=False, cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     if not ok:
@@ -139,3 +141,17 @@ def test_a_resumed_run_says_so_in_the_timing(tmp_path):
     lines = (tmp_path / "results" / "tiny" / "timing.txt").read_text().splitlines()
     done = {ln.split()[1]: ln for ln in lines if " done in " in ln}
     assert "resumed" in done["tiny-baseline-s0"] and "resumed" not in done["tiny-agra-s0"], lines
+
+
+def test_a_failed_run_is_logged_and_retried_alone(tmp_path):
+    """A run whose training fails gets a FAILED line and no record; the other runs are recorded and
+    the report still runs; the next call retries that run alone."""
+    calls = study(tmp_path, "headline", seeds="0", fail="tiny-agra-s0")
+    timing = (tmp_path / "results/tiny/timing.txt").read_text()
+    assert "FAILED: agra 0" in timing, timing
+    recs = sorted(p.name for p in (tmp_path / "results/tiny/runs").iterdir())
+    assert recs == ["tiny-agra-random-s0", "tiny-agra-shuffled-s0", "tiny-baseline-s0"], recs
+    assert "eval.py runs/tiny-agra-s0" not in calls and any("--out" in c for c in calls)
+    (tmp_path / "calls.txt").unlink()
+    again = study(tmp_path, "headline", seeds="0")
+    assert list(trains(again)) == ["tiny-agra-s0"], again

@@ -18,6 +18,8 @@ case $part in headline | ablations | all) ;;
   *) echo "study.sh: part '$part'; expected headline, ablations or all" >&2; exit 2 ;; esac
 seeds=${SEEDS:-"0 1 2 3 4"}     # 5: with 3 the arms' intervals overlapped
 jobs=${JOBS:-2}
+case $jobs in '' | *[!0-9]* | 0)
+  echo "study.sh: JOBS='$jobs'; expected a whole number >= 1" >&2; exit 2 ;; esac
 cores=$(getconf _NPROCESSORS_ONLN)  # not nproc: nproc obeys OMP_NUM_THREADS
 export OMP_NUM_THREADS=$(( cores / jobs > 0 ? cores / jobs : 1 ))
 py=${PYTHON:-python}

@@ -133,6 +133,13 @@ def test_an_unknown_part_is_refused(tmp_path):
     assert not (tmp_path / "calls.txt").exists()
 
 
+def test_a_bad_job_count_is_refused(tmp_path):
+    """JOBS=0 (or not a number) fails at once naming the value, not as a bash division by zero."""
+    p = study(tmp_path, "headline", jobs=0, ok=False)
+    assert p.returncode == 2 and "JOBS='0'" in p.stderr, p.stderr
+    assert not (tmp_path / "calls.txt").exists()
+
+
 def test_a_resumed_run_says_so_in_the_timing(tmp_path):
     """A run that starts from its checkpoint is logged as resumed (its time is not a whole run's)."""
     (tmp_path / "runs" / "tiny-baseline-s0").mkdir(parents=True)

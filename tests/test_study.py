@@ -22,13 +22,13 @@ fi
 """
 
 
-def study(tmp_path, *args, seeds="0 1", jobs=2, ok=True, fail=""):
+def study(tmp_path, *args, seeds="0 1", jobs=2, ok=True, fail="", weights=""):
     shutil.copy(ROOT / "study.sh", tmp_path)
     fake = tmp_path / "fakepy"
     fake.write_text(FAKE)
     fake.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "SEEDS": seeds, "JOBS": str(jobs),
-           "FAIL": fail}  # the run whose training fails
+           "FAIL": fail, "DINOV2_WEIGHTS": weights}  # FAIL: the run whose training fails
     p = subprocess.run(["bash", "study.sh", "tiny", *args], check=False, cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     if not ok:
@@ -58,6 +58,16 @@ def test_arms_of_a_seed_differ_only_in_their_knob(tmp_path):
     for s in (0, 1):
         for arm, knob in knobs.items():
             assert t[f"tiny-{arm}-s{s}"] == [f"train.seed={s}", *knob]
+
+
+def test_local_dinov2_weights_add_the_real_teacher_arm(tmp_path):
+    """With DINOV2_WEIGHTS set, each seed also trains agra-dinov2 on that file, strictly (no
+    fallback to the oracle); without it there is no such arm."""
+    t = trains(study(tmp_path, "headline", seeds="0", weights="/w/dinov2.pth"))
+    assert t["tiny-agra-dinov2-s0"] == ["train.seed=0", "align.teacher=dinov2",
+                                        "align.teacher_weights=/w/dinov2.pth",
+                                        "align.strict_teacher=True"], t
+    assert len(t) == 5, sorted(t)
 
 
 def test_frozen_ablations_train_their_pretrain_first_and_start_from_it(tmp_path):

@@ -305,6 +305,19 @@ def test_cache_matches_direct_computation(tmp_path):
     assert align.teacher_features(cfg, oracle, oname, demos) is None, "oracle family is not cached"
 
 
+def test_teacher_precision_follows_the_cpu_and_keys_the_cache(tmp_path, monkeypatch):
+    """bf16 autocast only where it is fast (CUDA, AVX-512), fp32 on an AVX2-only CPU; the cache
+    file is keyed by the precision, so features of one are never served as the other's."""
+    demos = demos_fixture()
+    cfg = make_cfg(tmp_path, teacher="random")
+    teacher, name = build_teacher(cfg)
+    for cap, want in [("AVX2", False), ("AVX512", True)]:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda cap=cap: cap)
+        assert align.use_bf16("cpu") is want and align.use_bf16("cuda"), cap
+        align.teacher_features(cfg, teacher, name, demos)
+    assert len(list(Path(tmp_path).glob("teacher_*.pt"))) == 2, "one cache per precision"
+
+
 def test_bad_config_values_raise():
     """Unknown teacher, apply_to, frames, normalize, negative weight, layer outside 1..depth,
     unknown timm name, teacher_res off the ViT patch and too small an oracle_dim all raise."""

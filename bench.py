@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from align import OracleTeacher, agra_loss, build_projector, build_vit, teacher_batch
+from align import OracleTeacher, agra_loss, build_projector, build_vit, teacher_batch, use_bf16
 from model import attention
 from train import build_model, load_config
 from world import PALETTE, SHAPES, expert, get_suite, render, reset, step, task_ids
@@ -220,7 +220,8 @@ def bench_act(cfg, device, ctx, reps, warmup):
 
 
 def bench_teacher(cfg, device, ctx, reps, warmup):
-    """Images per second of each teacher path, the ViT under the bf16 autocast its forward uses:
+    """Images per second of each teacher path, the ViT in the precision its forward uses (bf16
+    autocast on CUDA and AVX-512 CPUs, else fp32: align.use_bf16):
     the ViT (dinov2 architecture, random init) at 14 px per token, the oracle from the masks,
     and the cache gather (CPU table -> device)."""
     grid, n, n_frames = cfg.env.res // cfg.model.patch, cfg.train.batch_size, 4096
@@ -231,7 +232,8 @@ def bench_teacher(cfg, device, ctx, reps, warmup):
     batch = fake_batch(cfg, n, 1, device, n_frames)  # n one-frame windows, as demo_batch gives
     t = timeit({"dinov2": lambda: vit(batch), "oracle": lambda: oracle(batch),
                 "cache": lambda: teacher_batch(batch, cache)}, device, reps, warmup)
-    print(f"teacher: ViT input {vit.res} px from {cfg.env.res} px frames, batch {n}")
+    print(f"teacher: ViT input {vit.res} px from {cfg.env.res} px frames, batch {n}, "
+          f"{'bf16 autocast' if use_bf16(torch.device(device).type) else 'fp32'}")
     return {f"teacher.images_per_s.{k}": n / v for k, v in t.items()}
 
 

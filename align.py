@@ -10,94 +10,32 @@ Every teacher is an nn.Module called as teacher(batch) on the data batch dict ->
 # B batch   T frames   h, w token grid   N = h*w   D width   Dt teacher dim   p patch
 """
 
-import contextlib
 import hashlib
 import json
-import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from world import PALETTE, SHAPES
+from config import PALETTE, SHAPES, atomic_save, check, seeded_rng
+from world import to_float
 
-TEACHERS = ["oracle", "oracle_task", "dinov2", "random", "shuffled"]
 SEED = 1234  # fixes the oracle lift, the shuffles and the random ViT across runs
 
 
-@contextlib.contextmanager
-def seeded_rng(seed=None):
-    """Runs the body on torch's global RNG (seeded with `seed` unless None), then restores the CPU's
-    and every GPU's RNG state, so the body never shifts the caller's random stream. (fork_rng with
-    devices=[] restores the CPU's alone, yet manual_seed reseeds the GPUs too.)"""
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield
-
-
-@dataclass
-class AlignConfig:
-    weight: float = 0.5           # lambda: loss += weight * align loss; 0 = baseline WAM, no cost
-    teacher: str = "oracle"       # oracle | oracle_task | dinov2 | random | shuffled
-    teacher_name: str = "vit_small_patch14_dinov2.lvd142m"  # timm name for dinov2 / random
-    teacher_weights: str = ""     # state-dict file (.safetensors/.pt); "" = timm's local caches
-    strict_teacher: bool = False  # dinov2 without weights: error instead of oracle fallback
-    # 1-based video layer (output of blocks[layer-1]). REPA's ~1/3 of the depth rounds to 1 at the
-    # default depth 4, but one block has barely mixed the patches; 2 leaves 2 blocks for velocity.
-    layer: int = 2
-    apply_to: str = "foresight"   # the DESIGN's align.pass: foresight (what the head reads) | video
-    frames: str = "all"           # all | context | future: whose tokens are aligned
-    normalize: str = "spatial"    # none | spatial (per-frame token standardisation, iREPA)
-    proj_hidden: int = 128        # projector MLP hidden width
-    oracle_dim: int = 64          # Dt of the oracle-family teachers
-    teacher_res: int = 0          # ViT input side in px; 0 = 14 * grid side (patch grid = our grid)
-    cache: bool = True            # ViT features of the demos computed once, kept on disk (float16)
-    teacher_used: str = ""        # written by train.py: the teacher actually used (after fallback)
-
-    def __post_init__(self):
-        check_align(self)
-
-
-def check_align(a, depth=None):
-    """Raise on a bad align value; `layer` is checked against `depth` where the model is known."""
-    choices = {"teacher": TEACHERS, "apply_to": ["foresight", "video"],
-               "frames": ["all", "context", "future"], "normalize": ["none", "spatial"]}
-    for key, valid in choices.items():
-        if getattr(a, key) not in valid:
-            raise ValueError(f"align.{key}={getattr(a, key)!r}; expected one of {valid}")
-    for key, low in [("weight", 0), ("teacher_res", 0), ("proj_hidden", 1), ("oracle_dim", 1)]:
-        if getattr(a, key) < low:
-            raise ValueError(f"align.{key}={getattr(a, key)} must be >= {low}")
-    if a.layer < 1 or (depth is not None and a.layer > depth):
-        raise ValueError(f"align.layer={a.layer}; expected 1..{depth or 'model.depth'} (1-based)")
-
-
-# -----------------------------------------------------------------------------
-# projector and loss
-
-
-def build_projector(width, hidden, dim):
-    """REPA's projector h_phi: D -> hidden -> hidden -> Dt."""
-    return nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                         nn.Linear(hidden, dim))
-
-
-def align_loss(h: Tensor, y: Tensor) -> Tensor:
+# ---- the loss ---------------------------------------------------------------
+def align_loss(z: Tensor, y: Tensor) -> Tensor:
     """REPA alignment loss: minus the mean per-token cosine similarity (-1 at best, +1 at worst).
-    Paper -> code:  h_phi(h_t^[n]) -> h  (B, T*N, Dt)  projector output at `align.layer`
+    Paper -> code:  h_phi(h_t^[n]) -> z  (B, T*N, Dt)  projector output at `align.layer`
                     y_*^[n]        -> y  (B, T*N, Dt)  frozen teacher features, same frame and patch
                     sim(., .)      -> F.cosine_similarity over the last dim
     """
-    if h.shape != y.shape:
-        raise ValueError(f"align_loss: student {tuple(h.shape)} != teacher {tuple(y.shape)}")
-    return -F.cosine_similarity(h, y.detach(), dim=-1).mean()
+    return -F.cosine_similarity(z, y.detach(), dim=-1).mean()
 
 
 def spatial_normalize(y, eps=1e-6):
@@ -109,28 +47,22 @@ def spatial_normalize(y, eps=1e-6):
     return (y - mean) / (std + eps)                                # (..., N, Dt)
 
 
-def agra_loss(projector, hidden, y, a, n_ctx):
-    """AGRA loss (not yet times a.weight) of hidden states (B, T*N, D) against teacher features
-    y (B, T, h, w, Dt); a = AlignConfig, n_ctx = context frames (they come first)."""
-    B, T, h, w, Dt = y.shape
-    if hidden.shape[:2] != (B, T * h * w):
-        raise ValueError(f"agra_loss: hidden {tuple(hidden.shape)} != (B={B}, T*N={T * h * w}, D) "
-                         f"for teacher {tuple(y.shape)}")
-    if not 0 < n_ctx < T:
-        raise ValueError(f"agra_loss: n_ctx={n_ctx} must be in 1..{T - 1} for {T} frames")
-    check_align(a)
-    y = y.reshape(B, T, h * w, Dt).float()                         # (B, T, N, Dt)
-    y = spatial_normalize(y) if a.normalize == "spatial" else y    # (B, T, N, Dt)
-    sel = {"all": slice(0, T), "context": slice(0, n_ctx), "future": slice(n_ctx, T)}[a.frames]
-    hidden = hidden.reshape(B, T, h * w, -1)[:, sel]               # (B, Ts, N, D)
-    z = projector(hidden)                                          # (B, Ts, N, Dt)
-    return align_loss(z.flatten(1, 2), y[:, sel].flatten(1, 2))    # h, y: (B, Ts*N, Dt)
+def targets(batch, source, normalize):
+    """The teacher's features for a batch, the loss's y: (B, T*N, Dt) float32, from the feature
+    cache (a tensor, gathered by batch["frame_index"]) or from the teacher module itself, each
+    frame standardised when normalize == "spatial"."""
+    if isinstance(source, Tensor):
+        idx = batch["frame_index"]                                 # (B, T) long
+        y = source[idx.flatten().to(source.device)]                # (B*T, h, w, Dt) float16
+        y = y.view(*idx.shape, *y.shape[1:]).to(batch["video"].device).float()
+    else:
+        y = source(batch)                                          # (B, T, h, w, Dt)
+    y = y.flatten(2, 3)                                            # (B, T, N, Dt)
+    y = spatial_normalize(y) if normalize == "spatial" else y      # (B, T, N, Dt)
+    return y.flatten(1, 2)                                         # (B, T*N, Dt)
 
 
-# -----------------------------------------------------------------------------
-# teachers
-
-
+# ---- teachers ---------------------------------------------------------------
 class Frozen(nn.Module):
     """A teacher: no gradients, always in eval mode, follows the batch to its device."""
 
@@ -248,57 +180,24 @@ def use_bf16(device_type):
     return device_type == "cuda" or torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-def local_weights(name):
-    """Files on disk that may hold `name`'s pretrained weights (HF hub cache, torch hub cache);
-    never touches the network. Returns (first existing path or None, places looked at)."""
-    from huggingface_hub import try_to_load_from_cache
-    pc = timm.models.get_pretrained_cfg(name)
-    found, places = [], []
-    if pc is not None and pc.hf_hub_id:
-        for fname in ["model.safetensors", "pytorch_model.bin"]:
-            places.append(f"HF cache {pc.hf_hub_id}/{fname}")
-            hit = try_to_load_from_cache(pc.hf_hub_id, fname)
-            found += [hit] if isinstance(hit, str) else []
-    if pc is not None and pc.url:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(pc.url).name
-        places.append(str(path))
-        found += [str(path)] if path.is_file() else []
-    return (found[0] if found else None), places
-
-
-def load_weights(vit, path):
-    """Load a state-dict file into vit (pos_embed resampled to its size); mismatch raises."""
-    path = Path(path)
-    sd = safetensors.torch.load_file(str(path)) if path.suffix == ".safetensors" else \
-        torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise ValueError(f"{path} is not a flat state dict of tensors")
-    sd = timm.models.vision_transformer.checkpoint_filter_fn(sd, vit)  # original DINOv2 -> timm
-    want = vit.state_dict()
-    missing = [k for k in want if k not in sd]
-    unexpected = [k for k in sd if k not in want]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(want[k].shape)}"
-              for k in want if k in sd and sd[k].shape != want[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f"weights file {path} does not match {vit.default_cfg['architecture']}: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape {shapes[:5]}")
-    vit.load_state_dict(sd)
-
-
 def build_vit(a, grid, weights):
-    """The frozen ViT teacher: seeded random init, then `weights` (a file) unless None."""
-    if not timm.is_model(a.teacher_name):
-        raise ValueError(f"align.teacher_name={a.teacher_name!r} is not a timm model")
+    """The frozen ViT teacher on `grid` tokens a side: seeded random init, or the weights file
+    (DINOv2's original keys or timm's; timm resamples pos_embed to our input size)."""
+    check(timm.is_model(a.teacher_name), f"align.teacher_name = {a.teacher_name!r}; expected a "
+          "timm model name")
     if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"align.teacher_weights={str(weights)!r} does not exist")
-    res = a.teacher_res or 14 * grid  # DINOv2's patch is 14 px: one ViT patch per model token
-    with seeded_rng(SEED):  # fixed init, and the caller's RNG stream is untouched
-        vit = timm.create_model(a.teacher_name, pretrained=False, num_classes=0, img_size=res)
-    if res % vit.patch_embed.patch_size[0]:
-        raise ValueError(f"align.teacher_res={res} must be a multiple of the teacher's patch "
-                         f"{vit.patch_embed.patch_size[0]} (0 = 14 * grid side {grid})")
-    if weights is not None:
-        load_weights(vit, weights)
+        raise FileNotFoundError(f"align.teacher_weights = {str(weights)!r} does not exist")
+    res = 14 * grid  # DINOv2's patch is 14 px: one ViT patch per model token
+    overlay = {"file": str(weights)} if weights else None
+    with seeded_rng(SEED):  # a fixed init, and the caller's RNG stream untouched
+        try:
+            vit = timm.create_model(a.teacher_name, pretrained=weights is not None, num_classes=0,
+                                    img_size=res, pretrained_cfg_overlay=overlay)
+        except RuntimeError as e:  # load_state_dict's missing / unexpected keys and shapes
+            raise ValueError(f"align.teacher_weights = {weights}: not weights of "
+                             f"{a.teacher_name} ({str(e)[:300]})") from e
+    check(res % vit.patch_embed.patch_size[0] == 0, f"align.teacher_name = {a.teacher_name}: its "
+          f"patch {vit.patch_embed.patch_size[0]} does not divide the input side {res} = 14 * grid")
     digest = hashlib.sha256()
     for k, v in vit.state_dict().items():  # the weights' identity, for the feature cache key
         digest.update(k.encode())
@@ -307,13 +206,10 @@ def build_vit(a, grid, weights):
 
 
 def build_teacher(cfg):
-    """(teacher, used_name) from the full Config (reads cfg.align, cfg.env.res, cfg.model.patch,
-    cfg.model.depth). dinov2 without weights falls back to the oracle loudly, unless strict."""
-    a = cfg.align
-    check_align(a, cfg.model.depth)
-    if cfg.env.res % cfg.model.patch:
-        raise ValueError(f"env.res={cfg.env.res} is not a multiple of model.patch={cfg.model.patch}")
-    grid = cfg.env.res // cfg.model.patch
+    """(teacher, the teacher's name as used) from a Config. dinov2 without a weights file looks in
+    the Hugging Face cache (never the network), and without weights there falls back to the
+    oracle loudly, or raises with align.strict_teacher."""
+    a, grid = cfg.align, cfg.env.res // cfg.model.patch
 
     def oracle(kind):
         return OracleTeacher(cfg.model.patch, len(PALETTE), len(SHAPES), a.oracle_dim,
@@ -323,23 +219,25 @@ def build_teacher(cfg):
         return oracle(a.teacher), a.teacher
     if a.teacher == "random":
         return build_vit(a, grid, None), "random"
-    if a.teacher != "dinov2":
-        raise ValueError(f"align.teacher={a.teacher!r}; expected one of {TEACHERS}")
-    path, places = (a.teacher_weights, []) if a.teacher_weights else local_weights(a.teacher_name)
+    path = a.teacher_weights
+    hub = timm.models.get_pretrained_cfg(a.teacher_name)
+    hub = hub.hf_hub_id if hub is not None else None
+    if not path and hub:
+        hit = try_to_load_from_cache(hub, "model.safetensors")
+        path = hit if isinstance(hit, str) else ""
     if path:
         return build_vit(a, grid, path), "dinov2"
-    msg = (f"align.teacher=dinov2 but no weights for {a.teacher_name}: align.teacher_weights is "
-           f"empty and none of these exist: {places}")
+    msg = (f"align.teacher = dinov2 but no weights for {a.teacher_name}: align.teacher_weights is "
+           f"empty and the Hugging Face cache has no {hub}/model.safetensors")
     if a.strict_teacher:
-        raise FileNotFoundError(msg + " (align.strict_teacher=true)")
+        raise FileNotFoundError(msg + " (align.strict_teacher = true)")
     msg += ". FALLING BACK TO THE ORACLE TEACHER; this run is NOT DINOv2-aligned."
     warnings.warn(msg, stacklevel=2)
     print(f"WARNING: {msg}", flush=True)
     return oracle("oracle"), "oracle (fallback: no dinov2 weights)"
 
 
-# -----------------------------------------------------------------------------
-# teacher-feature cache
+# ---- the teacher-feature cache ---------------------------------------------
 
 
 def demo_batch(demos, idx, device):
@@ -347,7 +245,7 @@ def demo_batch(demos, idx, device):
     L1 = demos["frames"].shape[1]
     ep = idx // L1                                                 # (n,) episode of each frame
     frames = demos["frames"].flatten(0, 1)[idx]                    # (n, 3, H, W) uint8
-    return {"video": (frames.to(device).float() / 127.5 - 1)[:, None],   # (n, 1, 3, H, W)
+    return {"video": to_float(frames.to(device))[:, None],         # (n, 1, 3, H, W)
             "masks": demos["masks"].flatten(0, 1)[idx].to(device)[:, None],  # (n, 1, H, W)
             "color": demos["color"][ep].to(device), "shape": demos["shape"][ep].to(device),
             "task": demos["task"][ep].to(device), "frame_index": idx[:, None].to(device)}
@@ -381,20 +279,5 @@ def teacher_features(cfg, teacher, used_name, demos, chunk=256):
         idx = torch.arange(s, min(s + chunk, n))                   # (n_chunk,)
         feats[idx] = teacher(demo_batch(demos, idx, device))[:, 0].half().cpu()  # (n_chunk,h,w,Dt)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"  # per process: two runs may build the same cache at once
-    torch.save(feats, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-save never leaves a truncated cache
+    atomic_save(feats, path)
     return feats
-
-
-def teacher_batch(batch, source):
-    """Teacher features (B, T, h, w, Dt) float32 for a batch, from the cache tensor (gathered by
-    batch["frame_index"]) or from the teacher module itself."""
-    if isinstance(source, Tensor):
-        idx = batch["frame_index"]                                 # (B, T) long
-        y = source[idx.flatten().to(source.device)]                # (B*T, h, w, Dt) float16
-        return y.view(*idx.shape, *y.shape[1:]).to(batch["video"].device).float()
-    if isinstance(source, Frozen):
-        return source(batch)
-    raise TypeError(f"teacher_batch: source is a {type(source).__name__}; expected the feature "
-                    "cache (Tensor) or a teacher from build_teacher")

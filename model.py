@@ -11,50 +11,25 @@ x_t = (1 - t) x0 + t eps, the networks predict v = eps - x0, sampling runs t = 1
                     -> action block j (self-attn, cross-attn to the bridged tokens, MLP) -> action v
 """
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import Mlp
 from torch import nn
 
-MAX_FRAMES = 64  # length of the fixed temporal sin-cos table: any T <= 64 frames works
+from config import FAMILIES, TASK_COLORS, seeded_rng
+from world import to_float
+
+MAX_FRAMES = 64  # length of the fixed temporal sin-cos table: T <= 64 frames
 
 
-@dataclass
-class ModelConfig:
-    patch: int = 4  # patch side p in pixels (res must be a multiple)
-    width: int = 96  # video DiT width D (multiple of 4 and of heads)
-    depth: int = 4  # video DiT blocks; hidden layers are 1..depth (layer l = output of blocks[l-1])
-    heads: int = 4  # attention heads of the video DiT
-    mlp_ratio: float = 4.0  # MLP hidden width / block width (video DiT and action head)
-    head_width: int = 96  # action head width Dh
-    head_depth: int = 2  # action head blocks
-    head_heads: int = 4  # attention heads of the action head
-    bridge: str = "multi"  # "multi": block j reads its own layer (bridge_map); "single": one layer
-    bridge_layer: int = 0  # 1-based layer for bridge "single"; 0 = the align layer
-    attn: str = "auto"  # "auto" | "sdpa" (fused) | "math" (explicit softmax)
-    act_steps: int = 4  # Euler steps of the action head in act()
-    video_steps: int = 8  # Euler steps of the video model in imagine()
-
-
-def attention(q, k, v, impl="auto", return_attn=False):
-    """q (B, heads, Lq, d), k and v (B, heads, Lk, d) -> (B, heads, Lq, d) [, probs (B, heads, Lq, Lk)].
-
-    "sdpa": fused F.scaled_dot_product_attention; "math": explicit softmax(q k^T / sqrt(d)) v, which
-    can return the probabilities; "auto": sdpa, or math where sdpa is missing or probs are asked for.
-    """
-    if impl == "auto":
-        impl = "math" if return_attn or not hasattr(F, "scaled_dot_product_attention") else "sdpa"
-    if impl == "sdpa":
-        if return_attn:
-            raise ValueError("attention impl 'sdpa' cannot return probabilities; use 'math' or 'auto'")
-        return F.scaled_dot_product_attention(q, k, v)  # (B, heads, Lq, d)
-    if impl == "math":
-        scores = (q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5  # (B, heads, Lq, Lk)
-        probs = scores.softmax(-1).to(q.dtype)  # (B, heads, Lq, Lk); fp32 softmax, as sdpa does
-        out = probs @ v  # (B, heads, Lq, d)
-        return (out, probs) if return_attn else out
-    raise ValueError(f"unknown attention impl '{impl}'; expected 'auto', 'sdpa' or 'math'")
+def math_attention(q, k, v):
+    """Explicit softmax(q k^T / sqrt(d)) v, with the probabilities: q (B, heads, Lq, d), k and v
+    (B, heads, Lk, d) -> out (B, heads, Lq, d), probs (B, heads, Lq, Lk)."""
+    scores = (q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5  # (B, heads, Lq, Lk)
+    probs = scores.softmax(-1).to(q.dtype)  # fp32 softmax, as sdpa does
+    return probs @ v, probs
 
 
 def sincos_1d(dim, pos):
@@ -99,8 +74,7 @@ def gate(x, g):
 
 
 def mlp(dim, ratio):
-    hidden = int(dim * ratio)
-    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+    return Mlp(dim, int(dim * ratio), act_layer=lambda: nn.GELU(approximate="tanh"))  # DiT's
 
 
 class TimestepEmbedder(nn.Module):
@@ -119,20 +93,20 @@ class TimestepEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention (fused qkv), or cross-attention (q from x, k and v precomputed)."""
+    """Multi-head self-attention (fused qkv), or cross-attention (q from x, k and v precomputed).
+    Fused SDPA, or the explicit softmax where the attention maps are asked for."""
 
-    def __init__(self, dim, heads, impl, cross=False):
+    def __init__(self, dim, heads, cross=False):
         super().__init__()
-        self.heads, self.impl = heads, impl
+        self.heads = heads
         if cross:
             self.q, self.kv = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
         else:
             self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def split(self, x, n):
-        B, L, _ = x.shape
-        return x.view(B, L, n, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # n x (B, heads, L, d)
+    def split(self, x, n):  # (B, L, n*dim) -> n x (B, heads, L, d)
+        return rearrange(x, "b l (n h d) -> n b h l d", n=n, h=self.heads).unbind(0)
 
     def keys_values(self, ctx):
         return self.split(self.kv(ctx), 2)  # k, v (B, heads, Lk, d)
@@ -142,20 +116,20 @@ class Attention(nn.Module):
             q, k, v = self.split(self.qkv(x), 3)  # (B, heads, L, d) each
         else:
             (q,), (k, v) = self.split(self.q(x), 1), kv  # (B, heads, Lq, d), (B, heads, Lk, d)
-        # attention maps only exist on the math path, whatever impl the config asks for
-        out = attention(q, k, v, "math" if return_attn else self.impl, return_attn)
-        out, probs = out if return_attn else (out, None)  # (B, heads, Lq, d), (B, heads, Lq, Lk)
-        B, _, L, _ = q.shape
-        return self.proj(out.transpose(1, 2).reshape(B, L, -1)), probs  # (B, Lq, dim)
+        if return_attn:
+            out, probs = math_attention(q, k, v)  # (B, heads, Lq, d), (B, heads, Lq, Lk)
+        else:
+            out, probs = F.scaled_dot_product_attention(q, k, v), None  # (B, heads, Lq, d)
+        return self.proj(rearrange(out, "b h l d -> b l (h d)")), probs  # (B, Lq, dim)
 
 
 class DiTBlock(nn.Module):
     """DiT block with adaLN-Zero: x (B, G*L, D), conditioning c (B, G, D) -> (B, G*L, D)."""
 
-    def __init__(self, dim, heads, mlp_ratio, impl):
+    def __init__(self, dim, heads, mlp_ratio):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, heads, impl)
+        self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = mlp(dim, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
@@ -169,12 +143,12 @@ class DiTBlock(nn.Module):
 class ActionBlock(nn.Module):
     """Action-head block: self-attention, cross-attention to bridged video tokens, MLP; adaLN-Zero."""
 
-    def __init__(self, dim, heads, mlp_ratio, impl):
+    def __init__(self, dim, heads, mlp_ratio):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, heads, impl)
+        self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.cross_attn = Attention(dim, heads, impl, cross=True)
+        self.cross_attn = Attention(dim, heads, cross=True)
         self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = mlp(dim, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
@@ -213,7 +187,7 @@ class ActionHead(nn.Module):
 
     def __init__(self, mcfg, layers, horizon, n_tasks, action_dim, grid, n_frames):
         super().__init__()
-        D, Dh, r, impl = mcfg.width, mcfg.head_width, mcfg.mlp_ratio, mcfg.attn
+        D, Dh, r = mcfg.width, mcfg.head_width, mcfg.mlp_ratio
         self.layers = list(layers)  # 1-based video layer read by each block
         self.x_embedder = nn.Linear(action_dim, Dh)
         self.pos_embed = nn.Parameter(torch.zeros(1, horizon, Dh))  # (1, Ha, Dh), learned
@@ -222,7 +196,7 @@ class ActionHead(nn.Module):
         self.bridge = nn.ModuleList(nn.Sequential(nn.Linear(D, Dh), nn.LayerNorm(Dh)) for _ in layers)
         kv_pos = sincos_2d(Dh, grid, grid)[None] + sincos_1d(Dh, torch.arange(n_frames))[:, None]
         self.register_buffer("kv_pos", kv_pos.flatten(0, 1)[None], persistent=False)  # (1, T*N, Dh)
-        self.blocks = nn.ModuleList(ActionBlock(Dh, mcfg.head_heads, r, impl) for _ in layers)
+        self.blocks = nn.ModuleList(ActionBlock(Dh, mcfg.head_heads, r) for _ in layers)
         self.final_layer = FinalLayer(Dh, action_dim)
 
     def keys_values(self, hidden):
@@ -246,51 +220,50 @@ class ActionHead(nn.Module):
 
 
 class WAM(nn.Module):
-    """Video DiT (x_embedder ... final_layer) plus the action head that reads its foresight pass."""
+    """Video DiT (x_embedder ... final_layer) plus the action head that reads its foresight pass,
+    and, for AGRA (align_dim: the teacher's feature dim Dt), the projector on the tapped layer."""
 
-    def __init__(self, mcfg, res, n_ctx, n_future, horizon, n_tasks, action_dim=2, align_layer=0):
+    def __init__(self, cfg, align_dim=None):
         super().__init__()
-        D, p, depth = mcfg.width, mcfg.patch, mcfg.depth
-        for name, value, valid in [("attn", mcfg.attn, ("auto", "sdpa", "math")),
-                                   ("bridge", mcfg.bridge, ("multi", "single"))]:
-            if value not in valid:
-                raise ValueError(f"model.{name}='{value}'; expected one of {valid}")
-        if (res % p or D % 4 or D % mcfg.heads or mcfg.head_width % mcfg.head_heads
-                or depth < 1 or mcfg.head_depth < 1):
-            raise ValueError(f"need res % patch == 0, width % 4 == 0, width % heads == 0, head_width"
-                             f" % head_heads == 0, depth and head_depth >= 1; got res={res}, {mcfg}")
-        if n_ctx < 1 or n_future < 1 or n_ctx + n_future > MAX_FRAMES:
-            raise ValueError(f"n_ctx={n_ctx}, n_future={n_future}; need >= 1 each, <= {MAX_FRAMES}")
-        self.mcfg, self.res, self.n_ctx, self.n_future = mcfg, res, n_ctx, n_future
-        self.horizon, self.n_tasks, self.action_dim = horizon, n_tasks, action_dim
+        mcfg, d = cfg.model, cfg.data
+        D, p, depth, res = mcfg.width, mcfg.patch, mcfg.depth, cfg.env.res
+        if d.n_ctx + d.n_future > MAX_FRAMES:
+            raise ValueError(f"data.n_ctx + data.n_future = {d.n_ctx + d.n_future} frames; "
+                             f"expected <= {MAX_FRAMES}")
+        self.mcfg, self.res, self.n_ctx, self.n_future = mcfg, res, d.n_ctx, d.n_future
+        self.horizon, self.action_dim = d.horizon, 2
+        self.n_tasks = len(FAMILIES) * len(TASK_COLORS)  # every family's ids, one table
+        first = FAMILIES.index(cfg.env.task) * len(TASK_COLORS)
+        self.task_ids = list(range(first, first + len(TASK_COLORS)))  # env.task's family
+        self.align_layer, self.align_pass = cfg.align.layer, cfg.align.apply_to  # AGRA's tap
         self.grid = res // p  # h = w
         self.n_tokens = self.grid**2  # N
         self.x_embedder = nn.Conv2d(3, D, p, stride=p)  # per-frame patch embedding
         self.t_embedder = TimestepEmbedder(D)
-        self.y_embedder = nn.Embedding(n_tasks, D)
-        # fixed sin-cos buffers, not parameters, so the frame count can change at eval
+        self.y_embedder = nn.Embedding(self.n_tasks, D)
         self.register_buffer("pos_embed", sincos_2d(D, self.grid, self.grid)[None],
-                             persistent=False)  # (1, N, D)
+                             persistent=False)  # (1, N, D) fixed
         self.register_buffer("time_embed", sincos_1d(D, torch.arange(MAX_FRAMES))[:, None],
-                             persistent=False)  # (MAX_FRAMES, 1, D)
-        self.blocks = nn.ModuleList(DiTBlock(D, mcfg.heads, mcfg.mlp_ratio, mcfg.attn)
-                                    for _ in range(depth))
+                             persistent=False)  # (MAX_FRAMES, 1, D) fixed
+        self.blocks = nn.ModuleList(DiTBlock(D, mcfg.heads, mcfg.mlp_ratio) for _ in range(depth))
         self.final_layer = FinalLayer(D, p * p * 3)
         # the foresight pass's future frames: one fixed draw of pure noise, so the pass never reads
         # the real future and act() is a deterministic function of (frames, task, action noise)
         gen = torch.Generator().manual_seed(0)
-        self.register_buffer("foresight_noise", torch.randn(1, n_future, 3, res, res, generator=gen))
-        if mcfg.bridge == "multi":
-            layers = bridge_map(depth, mcfg.head_depth)
-        else:
-            layer = mcfg.bridge_layer or align_layer
-            if not 1 <= layer <= depth:
-                raise ValueError(f"bridge 'single' reads layer {layer} (bridge_layer="
-                                 f"{mcfg.bridge_layer}, align_layer={align_layer}); need 1..{depth}")
-            layers = [layer] * mcfg.head_depth
-        self.action_head = ActionHead(mcfg, layers, horizon, n_tasks, action_dim, self.grid,
-                                      n_ctx + n_future)
+        self.register_buffer("foresight_noise", torch.randn(1, d.n_future, 3, res, res,
+                                                            generator=gen))
+        layers = (bridge_map(depth, mcfg.head_depth) if mcfg.bridge == "multi"
+                  else [mcfg.bridge_layer] * mcfg.head_depth)
+        self.action_head = ActionHead(mcfg, layers, d.horizon, self.n_tasks, self.action_dim,
+                                      self.grid, d.n_ctx + d.n_future)
         self.initialize_weights()
+        self.projector = None
+        if align_dim is not None:  # REPA's projector h_phi: D -> hidden -> hidden -> Dt. Its own
+            # stream (the seed + 1): an AGRA run starts from its baseline's weights and noise
+            h = cfg.align.proj_hidden
+            with seeded_rng(torch.initial_seed() + 1):
+                self.projector = nn.Sequential(nn.Linear(D, h), nn.SiLU(), nn.Linear(h, h),
+                                               nn.SiLU(), nn.Linear(h, align_dim))
 
     def initialize_weights(self):
         def _basic_init(module):
@@ -317,31 +290,15 @@ class WAM(nn.Module):
         for block in head.blocks:  # ... except the cross-attention gate (chunk 5 of 9), open at 1
             block.adaLN_modulation[-1].bias.data.view(9, -1)[5] = 1.0
 
+    def configure_optimizer(self, lr, weight_decay):
+        """AdamW over the trainable parameters; decay on weight matrices only (nanoGPT's rule)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
     def bridge_layers(self):
         return list(self.action_head.layers)
-
-    def _check_layers(self, layers):
-        bad = [layer for layer in layers if not 1 <= layer <= self.mcfg.depth]
-        if bad:
-            raise ValueError(f"layers {bad} out of range; video layers are 1..{self.mcfg.depth}")
-
-    def _check_inputs(self, frames, task, n_frames, name="frames"):
-        expected = (n_frames, 3, self.res, self.res)
-        if frames.dim() != 5 or tuple(frames.shape[1:]) != expected:
-            raise ValueError(f"{name} has shape {tuple(frames.shape)}; expected (B, *{expected})")
-        if not frames.is_floating_point():
-            raise ValueError(f"{name} dtype {frames.dtype}; expected float in [-1, 1] "
-                             "(uint8 frames: x / 127.5 - 1)")
-        lo, hi = torch.aminmax(frames)  # () each
-        if not (-1 <= lo.item() and hi.item() <= 1):  # also catches NaN
-            raise ValueError(f"{name} range [{lo.item():.3g}, {hi.item():.3g}]; expected [-1, 1]")
-        self._check_task(task, frames.shape[0])
-
-    def _check_task(self, task, batch):
-        if tuple(task.shape) != (batch,) or task.dtype != torch.long:
-            raise ValueError(f"task {tuple(task.shape)} {task.dtype}; expected ({batch},) long")
-        if task.min().item() < 0 or task.max().item() >= self.n_tasks:
-            raise ValueError(f"task ids {task.tolist()}; expected ids in 0..{self.n_tasks - 1}")
 
     def _t_frames(self, t_future):
         """Per-frame noise levels (B, T): context clean (t=0), every future frame at t_future (B,)."""
@@ -351,11 +308,8 @@ class WAM(nn.Module):
     def _run(self, video, t_frames, task, layers, upto):
         """Embed the frames and run blocks[:upto] -> tokens (B, T*N, D), cond (B, T, D), hidden."""
         B, T = video.shape[:2]
-        if T > MAX_FRAMES or tuple(t_frames.shape) != (B, T):
-            raise ValueError(f"video {tuple(video.shape)}, t_frames {tuple(t_frames.shape)}: need "
-                             f"t_frames (B, T) and T <= {MAX_FRAMES}")
         x = self.x_embedder(video.flatten(0, 1))  # (B*T, D, h, w)
-        x = x.flatten(2).transpose(1, 2).view(B, T, self.n_tokens, -1)  # (B, T, N, D)
+        x = rearrange(x, "(b t) d h w -> b t (h w) d", b=B)  # (B, T, N, D)
         x = (x + self.pos_embed + self.time_embed[:T]).flatten(1, 2)  # (B, T*N, D)
         c = self.t_embedder(t_frames.flatten()).view(B, T, -1)  # (B, T, D) per-frame timestep
         c = c + self.y_embedder(task)[:, None]  # (B, T, D)
@@ -369,106 +323,159 @@ class WAM(nn.Module):
     def video_forward(self, video, t_frames, task, layers=()):
         """video (B, T, 3, H, W), t_frames (B, T), task (B,) -> velocity of the future frames
         (B, Tf, 3, H, W) and the hidden states {l: (B, T*N, D)} of the requested layers."""
-        self._check_layers(layers)
         x, c, hidden = self._run(video, t_frames, task, layers, self.mcfg.depth)
-        n0, B, p, g = self.n_ctx * self.n_tokens, video.shape[0], self.mcfg.patch, self.grid
-        out = self.final_layer(x[:, n0:], c[:, self.n_ctx:])  # (B, Tf*N, p*p*3)
-        out = out.view(B, -1, g, g, p, p, 3)  # (B, Tf, h, w, p, p, 3)
-        return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(B, -1, 3, g * p, g * p), hidden
+        out = self.final_layer(x[:, self.n_ctx * self.n_tokens:], c[:, self.n_ctx:])  # B,Tf*N,ppc
+        return rearrange(out, "b (t h w) (p q c) -> b t c (h p) (w q)", h=self.grid, w=self.grid,
+                         p=self.mcfg.patch, q=self.mcfg.patch), hidden  # (B, Tf, 3, H, W)
 
     def foresight(self, ctx, task, layers):
-        """Hidden states {l: (B, T*N, D)} with clean context (t=0) and pure-noise future (t=1).
-        Blocks after the deepest requested layer are skipped."""
-        self._check_layers(layers)
-        if not layers:
-            raise ValueError("foresight needs at least one layer")
-        if tuple(ctx.shape[1:]) != (self.n_ctx, 3, self.res, self.res):
-            raise ValueError(f"ctx has shape {tuple(ctx.shape)}; expected (B, {self.n_ctx}, 3, "
-                             f"{self.res}, {self.res}): the context frames only")
+        """Hidden states {l: (B, T*N, D)} of the layers, from the context ctx (B, n_ctx, 3, H, W)
+        (t=0) and the fixed pure-noise future (t=1). Blocks after the deepest layer are skipped."""
         B = ctx.shape[0]
         noise = self.foresight_noise.expand(B, -1, -1, -1, -1).to(ctx.dtype)  # (B, Tf, 3, H, W)
         t_frames = self._t_frames(torch.ones(B, device=ctx.device))  # (B, T)
         video = torch.cat([ctx, noise], 1)  # (B, T, 3, H, W)
         return self._run(video, t_frames, task, set(layers), max(layers))[2]
 
-    def _noise(self, noise, shape, like):
-        if noise is None:
-            return torch.randn(shape, device=like.device, dtype=like.dtype)  # shape
-        if tuple(noise.shape) != shape:
-            raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {shape}")
-        return noise
+    def forward(self, batch):
+        """Both passes on a data batch -> {"video", "action"} flow-matching losses, and z: the
+        projector's output at the tapped layer (B, T*N, Dt), or None without a projector."""
+        video, actions, task = batch["video"], batch["actions"], batch["task"]  # B,T,3,H,W; B,Ha,A
+        tap = [self.align_layer] if self.projector is not None else []
+        ctx, x0 = video[:, : self.n_ctx], video[:, self.n_ctx:]  # (B, n_ctx, ...), (B, Tf, ...)
+        # (1) video pass: future frames at a random noise level, clean context
+        t = torch.rand(len(video), device=video.device)  # (B,)
+        xt, target = flow_pair(x0, torch.randn_like(x0), t)  # (B, Tf, 3, H, W) each
+        v, hidden_video = self.video_forward(torch.cat([ctx, xt], 1), self._t_frames(t), task,
+                                             tap if self.align_pass == "video" else [])
+        losses = {"video": F.mse_loss(v, target)}
+        # (2) foresight pass: future at pure noise; its hidden states feed the action head
+        hidden = self.foresight(ctx, task, self.bridge_layers() + tap)
+        ta = torch.rand(len(video), device=video.device)  # (B,)
+        at, target_a = flow_pair(actions, torch.randn_like(actions), ta)  # (B, Ha, A) each
+        va, _ = self.action_head(at, ta, task, self.action_head.keys_values(hidden))  # (B, Ha, A)
+        losses["action"] = F.mse_loss(va, target_a)
+        if not tap:
+            return losses, None
+        h = (hidden if self.align_pass == "foresight" else hidden_video)[self.align_layer]
+        return losses, self.projector(h.float())  # AGRA: h_phi(h^[l]) (B, T*N, Dt)
 
     def sample_actions(self, hidden, task, steps, noise=None, return_attn=False):
         """Euler sampling of the action head from a foresight pass's hidden {l: (B, T*N, D)}
         -> actions (B, Ha, A) in [-1, 1] [, cross-attention maps per block (B, heads, Ha, T*N)
         from the last Euler step]. Explicit noise (B, Ha, A) makes it deterministic."""
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps={steps!r}; expected an int >= 1")
         kvs = self.action_head.keys_values(hidden)
-        B = kvs[0][0].shape[0]
-        self._check_task(task, B)
-        x = self._noise(noise, (B, self.horizon, self.action_dim), kvs[0][0])  # (B, Ha, A), t=1
-        for i in range(steps):
-            t = torch.full((B,), 1 - i / steps, device=x.device)  # (B,)
-            v, maps = self.action_head(x, t, task, kvs, return_attn and i == steps - 1)  # (B, Ha, A)
-            x = x - v / steps  # (B, Ha, A) Euler step t -> t - 1/steps
-        x = x.clamp(-1, 1)  # (B, Ha, A)
+        B, maps = len(task), []
+        x = torch.randn(B, self.horizon, self.action_dim, device=task.device) if noise is None \
+            else noise  # (B, Ha, A) at t = 1
+
+        def velocity(x, t, last):
+            v, m = self.action_head(x, t, task, kvs, return_attn and last)  # (B, Ha, A)
+            maps[:] = m
+            return v
+        x = euler(velocity, x, steps).clamp(-1, 1)  # (B, Ha, A)
         return (x, maps) if return_attn else x
 
-    def loss(self, batch, align_layer=0, align_pass="foresight"):
-        """Both passes on a data batch -> ({"video", "action"} scalars, hidden (B, T*N, D) at
-        align_layer from the align_pass pass, or None when align_layer == 0)."""
-        video, actions, task = batch["video"], batch["actions"], batch["task"]  # B,T,3,H,W; B,Ha,A
-        B = video.shape[0]
-        shape = (B, self.n_ctx + self.n_future, 3, self.res, self.res)
-        if tuple(video.shape) != shape or tuple(actions.shape) != (B, self.horizon, self.action_dim):
-            raise ValueError(f"video {tuple(video.shape)}, actions {tuple(actions.shape)}; expected "
-                             f"{shape} and {(B, self.horizon, self.action_dim)}")
-        if align_pass not in ("foresight", "video"):
-            raise ValueError(f"align_pass='{align_pass}'; expected 'foresight' or 'video'")
-        self._check_layers([align_layer] if align_layer else [])
-        video_taps = [align_layer] if align_layer and align_pass == "video" else []
-        fore_taps = [align_layer] if align_layer and align_pass == "foresight" else []
-        ctx, x0 = video[:, : self.n_ctx], video[:, self.n_ctx:]  # (B, n_ctx, ...), (B, Tf, ...)
-        # (1) video pass: future frames at a random noise level, clean context
-        t = torch.rand(B, device=video.device)  # (B,)
-        xt, target = flow_pair(x0, torch.randn_like(x0), t)  # (B, Tf, 3, H, W) each
-        v, hidden_video = self.video_forward(torch.cat([ctx, xt], 1), self._t_frames(t), task,
-                                             video_taps)  # (B, Tf, 3, H, W)
-        losses = {"video": F.mse_loss(v, target)}  # scalar
-        # (2) foresight pass: future at pure noise; its hidden states feed the action head
-        hidden_fore = self.foresight(ctx, task, self.bridge_layers() + fore_taps)
-        ta = torch.rand(B, device=video.device)  # (B,)
-        at, target_a = flow_pair(actions, torch.randn_like(actions), ta)  # (B, Ha, A) each
-        va, _ = self.action_head(at, ta, task, self.action_head.keys_values(hidden_fore))  # B,Ha,A
-        losses["action"] = F.mse_loss(va, target_a)
-        hidden = hidden_video if align_pass == "video" else hidden_fore
-        return losses, (hidden[align_layer] if align_layer else None)
-
-    def forward(self, batch, align_layer=0, align_pass="foresight"):
-        """The training losses, as `loss`: DDP and torch.compile wrap the module's forward."""
-        return self.loss(batch, align_layer, align_pass)
+    def check_inputs(self, frames, task, noise, noise_shape, steps):
+        """The checks of a public call (act, imagine), with one host sync."""
+        if not (type(steps) is int and steps >= 1):
+            raise ValueError(f"steps = {steps!r}; expected an int >= 1")
+        want = (self.n_ctx, 3, self.res, self.res)
+        dtype = self.x_embedder.weight.dtype
+        if not torch.is_tensor(frames) or frames.dim() != 5 or tuple(frames.shape[1:]) != want \
+                or len(frames) == 0:
+            got = tuple(frames.shape) if torch.is_tensor(frames) else type(frames).__name__
+            raise ValueError(f"frames {got}; expected (B >= 1, *{want}) {dtype} in [-1, 1]")
+        if frames.dtype != dtype:
+            raise TypeError(f"frames dtype {frames.dtype}; expected {dtype} in [-1, 1] (uint8 "
+                            f"frames: world.to_float(frames); other floats: frames.to({dtype}))")
+        B = len(frames)
+        if not torch.is_tensor(task) or task.dtype != torch.long or tuple(task.shape) != (B,):
+            got = f"{tuple(task.shape)} {task.dtype}" if torch.is_tensor(task) else repr(task)
+            raise TypeError(f"task {got}; expected a ({B},) long tensor of ids {self.task_ids}")
+        if noise is not None and (not torch.is_tensor(noise) or tuple(noise.shape) != noise_shape):
+            got = tuple(noise.shape) if torch.is_tensor(noise) else type(noise).__name__
+            raise ValueError(f"noise {got}; expected {noise_shape}")
+        ok = torch.stack([frames.min(), frames.max(), task.min().to(frames), task.max().to(frames),
+                          torch.isfinite(noise).all().to(frames) if noise is not None
+                          else frames.new_ones(())])
+        lo, hi, tlo, thi, finite = ok.tolist()  # the one host sync
+        if not -1 <= lo <= hi <= 1:  # also catches NaN
+            raise ValueError(f"frames range [{lo!r}, {hi!r}]; expected [-1, 1]")
+        if tlo < self.task_ids[0] or thi > self.task_ids[-1]:
+            raise ValueError(f"task ids in [{int(tlo)}, {int(thi)}]; expected ids {self.task_ids} "
+                             f"(the {FAMILIES[self.task_ids[0] // 4]} family)")
+        if not finite:
+            raise ValueError("noise has NaN or inf values; expected finite Gaussian noise")
 
     @torch.no_grad()
     def act(self, frames, task, steps=None, noise=None):
         """frames (B, n_ctx, 3, H, W) in [-1, 1], task (B,) -> action chunk (B, Ha, A) in [-1, 1]:
         one foresight pass, then `steps` Euler steps of the action head only."""
-        self._check_inputs(frames, task, self.n_ctx)
-        hidden = self.foresight(frames, task, self.bridge_layers())
         steps = self.mcfg.act_steps if steps is None else steps
+        self.check_inputs(frames, task, noise, (len(frames), self.horizon, self.action_dim), steps)
+        hidden = self.foresight(frames, task, self.bridge_layers())
         return self.sample_actions(hidden, task, steps, noise)
 
     @torch.no_grad()
     def imagine(self, frames, task, steps=None, noise=None):
         """Euler sampling of the future frames: (B, n_ctx, 3, H, W) -> (B, Tf, 3, H, W) in [-1, 1]."""
-        self._check_inputs(frames, task, self.n_ctx)
+        shape = (len(frames), self.n_future, 3, self.res, self.res)
         steps = self.mcfg.video_steps if steps is None else steps
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps={steps!r}; expected an int >= 1")
-        B = frames.shape[0]
-        x = self._noise(noise, (B, self.n_future, 3, self.res, self.res), frames)  # t = 1
-        for i in range(steps):
-            t = torch.full((B,), 1 - i / steps, device=frames.device)  # (B,)
-            v, _ = self.video_forward(torch.cat([frames, x], 1), self._t_frames(t), task)  # like x
-            x = x - v / steps  # (B, Tf, 3, H, W) Euler step t -> t - 1/steps
-        return x.clamp(-1, 1)  # (B, Tf, 3, H, W)
+        self.check_inputs(frames, task, noise, shape, steps)
+        x = torch.randn(shape, device=frames.device) if noise is None else noise  # t = 1
+
+        def velocity(x, t, last):
+            return self.video_forward(torch.cat([frames, x], 1), self._t_frames(t), task)[0]
+        return euler(velocity, x, steps).clamp(-1, 1)  # (B, Tf, 3, H, W)
+
+
+def euler(velocity, x, steps):
+    """Rectified-flow sampling: x from t = 1 (noise) to t = 0 in `steps` Euler steps of
+    velocity(x, t (B,), last step?) -> dx/dt; t counts down 1, 1 - 1/steps, ..., 1/steps."""
+    for i in range(steps):
+        t = torch.full((len(x),), 1 - i / steps, device=x.device)  # (B,)
+        x = x - velocity(x, t, i == steps - 1) / steps  # Euler step t -> t - 1/steps
+    return x
+
+
+class Policy:
+    """A WAM as a closed-loop policy, in LeRobot's interface. It keeps the frames the context
+    needs (n_ctx frames, `stride` steps apart, the first frame repeated before time 0) and a queue
+    of the current chunk's actions, executing `replan` of them before it plans again.
+        obs = {"frame": (B, 3, H, W) uint8, "task": (B,) long}  ->  action (B, A) in [-1, 1]"""
+
+    def __init__(self, model, n_ctx, stride, replan, steps=None):
+        if not 1 <= replan <= model.horizon:
+            raise ValueError(f"replan = {replan}; expected 1..{model.horizon} (the chunk length)")
+        self.model, self.n_ctx, self.stride, self.replan, self.steps = \
+            model, n_ctx, stride, replan, steps
+        self.reset()
+
+    def reset(self):
+        """Forget the episode: call before each new batch of episodes."""
+        self.frames, self.queue = [], []
+
+    def observe(self, obs):
+        if not self.frames:  # time 0 repeated back to the first context frame
+            self.frames = [obs["frame"]] * ((self.n_ctx - 1) * self.stride + 1)
+        if obs["frame"].shape != self.frames[0].shape:
+            raise ValueError(f"obs['frame'] {tuple(obs['frame'].shape)} after frames of "
+                             f"{tuple(self.frames[0].shape)}; call reset() between episodes")
+        self.frames = self.frames[1:] + [obs["frame"]]
+
+    def predict_action_chunk(self, obs):
+        """The whole chunk (B, Ha, A) for this observation, which joins the history."""
+        self.observe(obs)
+        ctx = torch.stack(self.frames[::self.stride], 1)  # (B, n_ctx, 3, H, W) uint8
+        device = self.model.x_embedder.weight.device
+        chunk = self.model.act(to_float(ctx).to(device), obs["task"].to(device), self.steps)
+        return chunk.to(obs["frame"].device)  # (B, Ha, A)
+
+    def select_action(self, obs):
+        """The next action (B, A): from the queue, or from a new chunk when it is empty."""
+        if self.queue:
+            self.observe(obs)
+        else:
+            self.queue = list(self.predict_action_chunk(obs)[:, :self.replan].unbind(1))
+        return self.queue.pop(0)

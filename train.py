@@ -1,200 +1,33 @@
 """Training: `python train.py CONFIG [section.key=value ...]`.
 
-Loads a YAML config (with `base:` inheritance and dotted overrides), builds the demonstrations, the
-world action model and (when align.weight > 0) the AGRA teacher and projector, then runs one plain
-loop. Writes runs/<name>/: config.yaml, metrics.csv, ckpt.pt, snapshots/, samples/.
-Running the same command again resumes from ckpt.pt and ends where an uninterrupted run would.
-Multi-GPU: torchrun --nproc_per_node=N train.py CONFIG
+Builds the demonstrations, the world action model and (when align.weight > 0) the AGRA teacher,
+then runs one plain loop. Writes runs/<name>/: config.yaml, metrics.csv, ckpt.pt, snapshots/,
+samples/. Running the same command again resumes from ckpt.pt and ends where an uninterrupted run
+would. Multi-GPU: torchrun --nproc_per_node=N train.py CONFIG
 """
 
-import ast
 import copy
 import csv
-import difflib
 import functools
 import math
 import os
-import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
+from PIL import Image, ImageDraw
+from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from align import (
-    AlignConfig,
-    agra_loss,
-    build_projector,
-    build_teacher,
-    seeded_rng,
-    teacher_batch,
-    teacher_features,
-)
-from data import DataConfig, Dataset, make_demos
-from eval import EvalConfig
-from model import WAM, ModelConfig
-from world import EnvConfig, get_suite, task_names
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 1500              # optimizer steps
-    batch_size: int = 64           # global batch (split across ranks under DDP)
-    lr: float = 3e-4               # peak learning rate
-    min_lr: float = 3e-5           # cosine floor
-    warmup: int = 100              # linear warmup steps
-    weight_decay: float = 0.01     # on matrices only (dim >= 2), nanoGPT's rule
-    grad_clip: float = 1.0         # max global grad norm; 0 = off
-    ema: float = 0.995             # EMA decay of the weights used by eval and sampling
-    video_weight: float = 1.0      # weight of the video flow-matching loss
-    action_weight: float = 1.0     # weight of the action flow-matching loss
-    init_from: str = ""            # a ckpt.pt whose EMA video model (not its action head) starts us
-    freeze: str = "none"           # none | video: train the action head alone on a fixed video model
-    seed: int = 0                  # one seed: model init, data order, noise
-    device: str = "auto"           # auto | cpu | cuda
-    compile: bool = False          # torch.compile the model
-    log_every: int = 25            # steps between metrics.csv rows
-    ckpt_every: int = 250          # steps between checkpoints
-    sample_every: int = 0          # steps between imagined-future GIFs; 0 = only at the end
-    snapshots: list = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # EMA kept at fractions
-    out_dir: str = "runs"
-
-    def __post_init__(self):
-        for key in ["steps", "batch_size", "log_every", "ckpt_every"]:
-            if getattr(self, key) < 1:
-                raise ValueError(f"train.{key}={getattr(self, key)}; expected >= 1")
-        for key, ok, want in [("lr", self.lr > 0, "> 0"), ("min_lr", self.min_lr >= 0, ">= 0"),
-                              ("warmup", self.warmup >= 0, ">= 0"),
-                              ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"),
-                              ("ema", 0 <= self.ema < 1, "in [0, 1)")]:
-            if not ok:
-                raise ValueError(f"train.{key}={getattr(self, key)}; expected {want}")
-        for f in self.snapshots:  # fractions of train.steps
-            if not (isinstance(f, (int, float)) and 0 < f <= 1):
-                raise ValueError(f"train.snapshots={self.snapshots} has {f!r}; expected fractions "
-                                 "of train.steps in (0, 1]")
-
-
-@dataclass
-class Config:
-    name: str = "default"
-    env: EnvConfig = field(default_factory=EnvConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    suites: dict = field(default_factory=dict)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    align: AlignConfig = field(default_factory=AlignConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-SECTIONS = {"env": EnvConfig, "data": DataConfig, "model": ModelConfig, "align": AlignConfig,
-            "train": TrainConfig, "eval": EvalConfig}
-
-# -----------------------------------------------------------------------------
-# config: YAML + base + overrides -> dataclasses, every key and type checked
-
-
-def read_yaml(path, seen=()):
-    """Read a config file, resolving `base:` (relative to the file) recursively."""
-    path = Path(path).resolve()
-    if path in seen:
-        raise ValueError(f"config base cycle: {' -> '.join(str(p) for p in (*seen, path))}")
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise TypeError(f"config {path} must be a mapping of sections, got {type(raw).__name__}")
-    base = raw.pop("base", None)
-    if base is None:
-        return raw
-    return merge(read_yaml(path.parent / base, (*seen, path)), raw)
-
-
-def merge(a, b):
-    """b over a, recursively for mappings."""
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def check_value(key, value, typ):
-    """Return value as type typ, or raise naming the key, the value and the expected type."""
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
-        return value
-    raise TypeError(f"config key '{key}' = {value!r} ({type(value).__name__}); "
-                    f"expected {typ.__name__}")
-
-
-def build_section(name, cls, section):
-    if not isinstance(section, dict):
-        raise TypeError(f"config section '{name}' must be a mapping, got {section!r}")
-    valid = {f.name: f.type for f in fields(cls)}
-    for key in section:
-        if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1)
-            hint = f"did you mean '{name}.{near[0]}'?" if near else f"valid keys: {sorted(valid)}"
-            raise KeyError(f"unknown config key '{name}.{key}'; {hint}")
-    return cls(**{k: check_value(f"{name}.{k}", v, valid[k]) for k, v in section.items()})
-
-
-def parse_override(arg):
-    """'a.b.c=value' -> (['a', 'b', 'c'], value): a Python literal, else the raw string."""
-    if "=" not in arg:
-        raise ValueError(f"override {arg!r} must look like section.key=value")
-    key, text = arg.split("=", 1)
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text  # a bare word: only a str field accepts it (checked by build_section)
-    return key.split("."), value
-
-
-def load_config(path, overrides=()):
-    raw = read_yaml(path)
-    for arg in overrides:
-        keys, value = parse_override(arg)
-        node = raw
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise KeyError(f"override {arg!r}: '{k}' is not a section")
-        node[keys[-1]] = value
-    valid_top = ["name", "suites", *SECTIONS]
-    for key in raw:
-        if key not in valid_top:
-            near = difflib.get_close_matches(key, valid_top, n=1)
-            raise KeyError(f"unknown config section '{key}'; "
-                           + (f"did you mean '{near[0]}'?" if near else f"valid: {valid_top}"))
-    cfg = Config(name=check_value("name", raw.get("name", "default"), str),
-                 suites=check_value("suites", raw.get("suites", {}), dict),
-                 **{s: build_section(s, cls, raw.get(s, {})) for s, cls in SECTIONS.items()})
-    for suite in cfg.suites:
-        get_suite(cfg.suites, suite)  # validates every suite's keys and values now, not mid-eval
-    return cfg
-
-
-def config_from_dict(d):
-    """Rebuild a Config from asdict() output (a checkpoint's or a run's config.yaml)."""
-    return Config(name=d["name"], suites=d["suites"],
-                  **{s: build_section(s, cls, d[s]) for s, cls in SECTIONS.items()})
-
-
-# -----------------------------------------------------------------------------
-# pieces of the loop
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+import world
+from align import align_loss, build_teacher, targets, teacher_features
+from config import atomic_save, cli_config, pick_device, seeded_rng
+from data import Dataset, make_demos
+from model import WAM
 
 
 def get_lr(step, tc):
@@ -224,12 +57,6 @@ def batch_indices(step, batch_size, n, seed):
     return perm[off:off + batch_size]                                           # (B,)
 
 
-def save_checkpoint(ckpt, path):
-    tmp = f"{path}.tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-save never leaves a truncated checkpoint
-
-
 def load_checkpoint(path, device="cpu"):
     try:
         return torch.load(path, map_location=device, weights_only=True)
@@ -238,41 +65,49 @@ def load_checkpoint(path, device="cpu"):
                            "restore it, or move it away to train from scratch") from e
 
 
-def build_model(cfg):
-    return WAM(cfg.model, cfg.env.res, cfg.data.n_ctx, cfg.data.n_future, cfg.data.horizon,
-               len(task_names(cfg.env)), action_dim=2, align_layer=cfg.align.layer)
+def build_model(cfg, align_dim=None):
+    """The WAM of a Config, from seed train.seed: every arm of a seed starts from the same weights.
+    align_dim: the teacher's feature dim, for AGRA's projector (None: the baseline, none)."""
+    torch.manual_seed(cfg.train.seed)
+    return WAM(cfg, align_dim)
 
 
 def init_video(model, path, device):
     """Load the video model (everything but the action head) from a checkpoint's EMA weights."""
     ema = load_checkpoint(path, device)["ema"]
-    video = {k: v for k, v in ema.items() if not k.startswith("action_head.")}
+    video = {k: v for k, v in ema.items() if not k.startswith(("action_head.", "projector."))}
     try:
         missing, unexpected = model.load_state_dict(video, strict=False)
     except RuntimeError as e:  # shape mismatches: a different model size
         raise ValueError(f"train.init_from={path}: its video model does not fit this config's "
                          f"model section ({e})") from e
-    missing = [k for k in missing if not k.startswith("action_head.")]
+    missing = [k for k in missing if not k.startswith(("action_head.", "projector."))]
     if missing or unexpected:
         raise ValueError(f"train.init_from={path}: missing video weights {missing}, unexpected "
                          f"{unexpected}; was it trained with this config's model section?")
 
 
-def save_samples(model, ds, path, n=4):
-    """A GIF of imagined futures (bottom) under the true ones (top) for n fixed windows."""
-    from PIL import Image
+def save_samples(model, ds, path, step, n=4):
+    """A GIF of n fixed windows: the true frames (top row) over the imagined futures (bottom)."""
     batch = ds.batch(torch.arange(0, len(ds), max(1, len(ds) // n))[:n])
     device = next(model.parameters()).device
-    nc = ds.data.n_ctx
+    nc, names = ds.data.n_ctx, world.TASK_NAMES
     ctx, task = batch["video"][:, :nc].to(device), batch["task"].to(device)
     with seeded_rng(0):  # sampling must not shift the training noise stream
         fake = model.imagine(ctx, task).cpu()                           # (n, Tf, 3, H, W)
     real = batch["video"]                                               # (n, T, 3, H, W)
     fake = torch.cat([real[:, :nc], fake], 1)                           # (n, T, 3, H, W)
-    grid = torch.cat([torch.cat(list(real), -1), torch.cat(list(fake), -1)], -2)  # (T, 3, 2H, nW)
-    frames = ((grid + 1) * 127.5).clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    imgs = [Image.fromarray(f).resize((f.shape[1] * 4, f.shape[0] * 4), Image.NEAREST)
-            for f in frames]
+    imgs, scale = [], max(1, 128 // ds.frames.shape[-1])
+    for t in range(real.shape[1]):  # one GIF frame per window frame: 2 rows x n windows
+        grid = make_grid(world.to_uint8(torch.cat([real[:, t], fake[:, t]])), nrow=n, padding=1)
+        img = Image.fromarray(grid.permute(1, 2, 0).numpy())
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        page = Image.new("RGB", (img.width, img.height + 28), "white")
+        page.paste(img, (0, 28))
+        what = "context" if t < nc else "future"
+        ImageDraw.Draw(page).text((2, 2), f"top: true, bottom: imagined ({what} frame {t}); "
+                                  f"step {step}; " + ", ".join(names[i] for i in task), fill="black")
+        imgs.append(page)
     imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=400, loop=0)
 
 
@@ -284,44 +119,36 @@ def train(cfg):
     ddp = int(os.environ.get("RANK", "-1")) != -1  # is this a ddp run?
     if ddp:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if torch.cuda.is_available() else "cpu"
         if device != "cpu":
             torch.cuda.set_device(device)
     else:
-        rank, world = 0, 1
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if tc.device == "auto" else tc.device
-    if tc.batch_size % world:
-        raise ValueError(f"train.batch_size={tc.batch_size} must divide by the {world} ranks")
-    if tc.freeze not in ("none", "video"):
-        raise ValueError(f"train.freeze='{tc.freeze}'; expected 'none' or 'video'")
-    if tc.freeze == "video" and ac.weight > 0:
-        raise ValueError(f"train.freeze='video' with align.weight={ac.weight}: the aligned video "
-                         "model cannot move, only the projector would train; set align.weight=0")
+        rank, world_size, device = 0, 1, pick_device(tc.device)
+    if tc.batch_size % world_size:
+        raise ValueError(f"train.batch_size = {tc.batch_size} must divide by the {world_size} ranks")
     if tc.init_from and not Path(tc.init_from).is_file():
-        raise FileNotFoundError(f"train.init_from='{tc.init_from}' is not a file; expected a "
+        raise FileNotFoundError(f"train.init_from = '{tc.init_from}' is not a file; expected a "
                                 "run's ckpt.pt (for example runs/<pretrain>/ckpt.pt)")
     master = rank == 0
     ctx = nullcontext() if device == "cpu" else torch.autocast("cuda", dtype=torch.bfloat16)
     out = Path(tc.out_dir) / cfg.name
     ckpt_path = out / "ckpt.pt"
 
-    seed_everything(tc.seed)
+    torch.manual_seed(tc.seed)
     if ddp and not master:
         torch.distributed.barrier()  # rank 0 writes the demo and teacher caches, the others wait
     demos = make_demos(cfg)
     ds = Dataset(demos, cfg.data)
     teacher = cache = None
+    teacher_name = "none"
     if ac.weight > 0:
         with seeded_rng():  # the teacher never shifts the shared RNG stream
-            teacher, cfg.align.teacher_used = build_teacher(cfg)
-            cache = teacher_features(cfg, teacher, ac.teacher_used, demos) if ac.cache else None
-    else:
-        cfg.align.teacher_used = "none"
+            teacher, teacher_name = build_teacher(cfg)
+            cache = teacher_features(cfg, teacher, teacher_name, demos) if ac.cache else None
     if ddp and master:
         torch.distributed.barrier()  # caches written: the other ranks read them now
-    torch.manual_seed(tc.seed)  # same initial weights for every arm of a seed
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, teacher.dim if teacher else None).to(device)
     if tc.init_from and not ckpt_path.exists():  # on resume the checkpoint has every weight
         init_video(model, tc.init_from, device)
         if master:
@@ -332,33 +159,24 @@ def train(cfg):
             where = f"from {tc.init_from}" if tc.init_from else "at its random init, no init_from"
             print(f"video model frozen ({where}); training the action head only")
     ema = copy.deepcopy(model).requires_grad_(False)
+    opt = model.configure_optimizer(tc.lr, tc.weight_decay)
     params = [p for p in model.parameters() if p.requires_grad]
-    projector = None
-    if ac.weight > 0:
-        with seeded_rng(tc.seed + 1):  # the baseline, without a projector, draws the same noise
-            projector = build_projector(cfg.model.width, ac.proj_hidden, teacher.dim).to(device)
-        params += list(projector.parameters())
     if ddp:  # same initial weights everywhere, but each rank draws its own noise (t, eps)
         torch.manual_seed(tc.seed * 1000 + rank)
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95))
 
     start = 0
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, device)
-        want, had = asdict(cfg), asdict(config_from_dict(ckpt["config"]))  # keys added since: default
-        diff = [f"{s}.{k}" for s in want if isinstance(want[s], dict)
-                for k in set(want[s]) | set(had[s]) if want[s].get(k) != had[s].get(k)]
-        diff += [s for s in want if not isinstance(want[s], dict) and want[s] != had[s]]
+        want, had = asdict(cfg), ckpt["config"]
+        diff = [f"{s}.{k}" for s in want if isinstance(want[s], dict) and s != "suites"
+                for k in want[s] if want[s][k] != had.get(s, {}).get(k)]
+        diff += [s for s in want if not isinstance(want[s], dict) or s == "suites"
+                 if want[s] != had.get(s)]
         if diff:
             raise ValueError(f"{ckpt_path} was trained with a different config ({', '.join(diff)}); "
                              "use another name= or move the run away")
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
-        if projector is not None:
-            projector.load_state_dict(ckpt["projector"])
         opt.load_state_dict(ckpt["optimizer"])
         rng = ckpt["rng_ranks"][rank] if ddp else ckpt["rng"]
         torch.set_rng_state(rng["torch"])
@@ -368,14 +186,14 @@ def train(cfg):
         if master:
             print(f"resuming {ckpt_path} at step {start}/{tc.steps}")
     fwd = torch.compile(model) if tc.compile else model
-    proj = projector
     if ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        fwd = DDP(fwd, device_ids=None if device == "cpu" else [device])
-        proj = DDP(projector, device_ids=None if device == "cpu" else [device]) if projector else None
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            fwd, device_ids=None if device == "cpu" else [device])
 
     header = ["step", "loss", "video", "action", "align", "lr", "grad_norm", "samples_per_s"]
     if master:
+        print(f"{cfg.name}: teacher {teacher_name}, {sum(p.numel() for p in params):,} trained "
+              f"parameters, {len(ds):,} windows, device {device}")
         (out / "snapshots").mkdir(parents=True, exist_ok=True)
         (out / "samples").mkdir(exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
@@ -394,13 +212,13 @@ def train(cfg):
             rng["cuda"] = torch.cuda.get_rng_state()
         ranks = [rng]
         if ddp:
-            ranks = [None] * world
+            ranks = [None] * world_size
             torch.distributed.all_gather_object(ranks, rng)
         if master:
-            save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(),
-                             "projector": projector.state_dict() if projector else {},
-                             "optimizer": opt.state_dict(), "config": asdict(cfg), "step": step,
-                             "rng": rng, **({"rng_ranks": ranks} if ddp else {})}, ckpt_path)
+            atomic_save({"model": model.state_dict(), "ema": ema.state_dict(),
+                         "optimizer": opt.state_dict(), "config": asdict(cfg), "step": step,
+                         "teacher": teacher_name, "rng": rng,
+                         **({"rng_ranks": ranks} if ddp else {})}, ckpt_path)
 
     model.train()
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not master,
@@ -410,21 +228,21 @@ def train(cfg):
         lr = get_lr(step, tc)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = batch_indices(step, tc.batch_size, len(ds), tc.seed)[rank::world]  # (B / world,)
+        idx = batch_indices(step, tc.batch_size, len(ds), tc.seed)[rank::world_size]  # (B/ranks,)
         batch = {k: v.to(device, non_blocking=True) for k, v in ds.batch(idx).items()}
         with ctx:
-            losses, h = fwd(batch, ac.layer if ac.weight > 0 else 0, ac.apply_to)
+            losses, z = fwd(batch)  # z: AGRA's projector on the tapped layer (B, T*N, Dt), or None
             loss = tc.video_weight * losses["video"] + tc.action_weight * losses["action"]
-            if ac.weight > 0:
-                y = teacher_batch(batch, cache if cache is not None else teacher)  # (B,T,h,w,Dt)
-                losses["align"] = agra_loss(proj, h.float(), y, ac, cfg.data.n_ctx)
+            if z is not None:  # AGRA: minus the cosine to the teacher's patch features, weighted
+                y = targets(batch, cache if cache is not None else teacher, ac.normalize)
+                losses["align"] = align_loss(z, y)  # y: (B, T*N, Dt), normalized per frame
                 loss = loss + ac.weight * losses["align"]
-        for name, v in {**losses, "loss": loss}.items():
-            if not torch.isfinite(v):
-                raise FloatingPointError(f"step {step}: loss '{name}' is {v.item()}; stopped. "
-                                         f"The last good checkpoint {ckpt_path} is intact.")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {step}: the loss is {loss.item()} ("
+                                     + ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
+                                     + f"); stopped. The last good checkpoint {ckpt_path} is intact.")
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else 1e9)
+        gn = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -440,13 +258,11 @@ def train(cfg):
             bar.set_postfix({k: f"{v:.3f}" for k, v in vals.items()} | {"smp/s": f"{sps:.0f}"})
         if master and done in snap_steps:
             torch.save({"ema": ema.state_dict(), "step": done}, out / "snapshots" / f"ema_{done}.pt")
-        if master and tc.sample_every and done % tc.sample_every == 0:
-            save_samples(ema, ds, out / "samples" / f"imagine_{done}.gif")
         if done % tc.ckpt_every == 0 or done == tc.steps:
             checkpoint(done)
     if master:
         ema.eval()
-        save_samples(ema, ds, out / "samples" / f"imagine_{tc.steps}.gif")
+        save_samples(ema, ds, out / "samples" / f"imagine_{tc.steps}.gif", tc.steps)
         print(f"done: {out} ({time.perf_counter() - t0:.0f} s for steps {start}..{tc.steps})")
     if ddp:
         torch.distributed.destroy_process_group()
@@ -454,9 +270,7 @@ def train(cfg):
 
 
 def main(argv):
-    if not argv or argv[0].startswith("-"):
-        raise SystemExit("usage: python train.py CONFIG [section.key=value ...]")
-    train(load_config(argv[0], argv[1:]))
+    train(cli_config(argv, "usage: python train.py CONFIG [section.key=value ...]"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The tabletop world, batched in torch: configs, perturbation suites, reset/step/success, the
-scripted experts and render. data.py turns it into demonstrations; eval.py runs policies in it.
+"""The tabletop world, batched in torch: reset/step/success, the scripted experts, render, and the
+rollout loop. data.py turns it into demonstrations; eval.py runs policies in it.
 
 World coordinates are [0, 1]^2, x = column, y = row; pixel (i, j) is centred on ((j + .5) / res,
 (i + .5) / res). Physics treats every block as a disc of radius `size`; shapes are only drawn.
@@ -7,135 +7,35 @@ State (physics) and appearance (pixels only) are separate dicts: any state draws
 B worlds   K = 1 + env.max_distractors blocks (block 0 = target)   H = W = env.res
 """
 
-import copy
-import difflib
 import math
-from dataclasses import dataclass, field, fields
 from functools import cache
 
 import torch
 import torch.nn.functional as F
 
-TASK_COLORS = ["red", "green", "blue", "yellow"]
-FAMILIES = ["reach", "push"]  # task id = FAMILIES.index(family) * 4 + TASK_COLORS index
-PALETTE = {  # RGB in [0, 1]; colour id = index in list(PALETTE); the task colours come first
-    "red": [0.86, 0.14, 0.12], "green": [0.16, 0.70, 0.22], "blue": [0.15, 0.32, 0.92],
-    "yellow": [0.96, 0.84, 0.12], "orange": [0.97, 0.52, 0.08], "pink": [0.98, 0.48, 0.68],
-    "lime": [0.62, 0.92, 0.18], "purple": [0.56, 0.22, 0.74], "cyan": [0.10, 0.82, 0.86],
-    "brown": [0.48, 0.30, 0.12]}
-SHAPES = ["square", "disc", "triangle", "diamond", "cross", "ring"]  # shape id = index
-TEXTURES = ["plain", "stripes", "checker", "noise", "dots", "waves"]  # texture id = index
+from config import FAMILIES, PALETTE, SHAPES, TASK_COLORS, TEXTURES, check
+
 BACKGROUND, GRIPPER, GOAL, TARGET = 0, 1, 2, 3  # mask ids; block k >= 1 (distractor k-1) is 3 + k
 GRIPPER_RGB, GOAL_RGB = [0.10, 0.10, 0.12], [0.90, 0.90, 0.84]
 LEVELS, STENCIL = 17, 32  # texture grey levels (the middle one = plain); shape stencil side
-RING = [[0.2, 0.2, 0.8, 0.38], [0.2, 0.62, 0.8, 0.8], [0.2, 0.38, 0.38, 0.62],
-        [0.62, 0.38, 0.8, 0.62]]  # id target region
-PLUS = [[0.35, 0.15, 0.65, 0.85], [0.15, 0.35, 0.35, 0.65], [0.65, 0.35, 0.85, 0.65]]  # id goals
 
 
-# ---- config -----------------------------------------------------------------
-def _need(ok, msg):
-    if not ok:
-        raise ValueError(msg)
+def to_float(frames):
+    """uint8 frames in 0..255 -> float32 in [-1, 1] (what the model reads), any shape."""
+    return frames.float() / 127.5 - 1
 
 
-def _check_types(cfg):
-    """Raise ValueError naming any field whose value is not of its annotated plain type."""
-    for f in fields(cfg):
-        v = getattr(cfg, f.name)
-        if f.type is float and type(v) is int:
-            setattr(cfg, f.name, float(v))
-        _need(isinstance(getattr(cfg, f.name), f.type) and (f.type is bool or type(v) is not bool),
-              f"{type(cfg).__name__}.{f.name} = {v!r}; expected {f.type.__name__}")
+def to_uint8(x):
+    """float frames in [-1, 1] -> uint8 in 0..255, any shape."""
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-@dataclass
-class EnvConfig:
-    res: int = 64                    # frame side in pixels (16, 32, 64 all work)
-    task: str = "reach"              # task family: reach | push
-    max_steps: int = 20              # episode length L (push: 30 when demos take random actions)
-    max_speed: float = 0.08          # gripper displacement per step (world units) at |action| = 1
-    max_distractors: int = 3         # distractor slots, K - 1; a suite draws 0..this many
-    gripper_radius: float = 0.08     # world units
-    goal_size: float = 0.1           # half-side of the square goal region (world units)
-    reach_tol: float = 0.015         # reach succeeds when the gripper-target gap is below this
-    texture_contrast: float = 0.2    # table texture amplitude, a fraction of the table colour
-
-    def __post_init__(self):
-        _check_types(self)
-        _need(self.task in FAMILIES, f"env.task = {self.task!r}; expected one of {FAMILIES}")
-        _need(self.res >= 8 and self.max_steps >= 1 and self.max_distractors >= 0,
-              f"env.res = {self.res} (>= 8), max_steps = {self.max_steps} (>= 1), "
-              f"max_distractors = {self.max_distractors} (>= 0)")
-
-
-@dataclass
-class Suite:
-    """What reset() draws worlds from; the defaults are the `id` suite. Ranges are [lo, hi];
-    regions are lists of boxes [x0, y0, x1, y1], drawn uniformly over their union."""
-    table_colors: list = field(default_factory=lambda: [[0.62, 0.50, 0.38], [0.50, 0.50, 0.50],
-                                                        [0.42, 0.47, 0.55]])  # RGB
-    table_jitter: float = 0.07       # each table channel + U(-jitter, jitter)
-    textures: list = field(default_factory=lambda: ["plain", "stripes", "checker"])
-    brightness: list = field(default_factory=lambda: [0.85, 1.15])  # whole-image gain
-    tint: list = field(default_factory=lambda: [0.0, 0.06])  # size of a zero-mean RGB hue shift
-    n_distractors: list = field(default_factory=lambda: [0, 2])
-    distractor_colors: list = field(default_factory=lambda: list(TASK_COLORS))  # never the target's
-    distractor_shapes: list = field(default_factory=lambda: ["square", "disc"])
-    distractor_size: list = field(default_factory=lambda: [0.09, 0.1])  # radius (world units)
-    target_shapes: list = field(default_factory=lambda: ["square", "disc"])
-    target_size: list = field(default_factory=lambda: [0.09, 0.1])
-    gripper_region: list = field(default_factory=lambda: [[0.1, 0.1, 0.9, 0.9]])
-    target_region: list = field(default_factory=lambda: copy.deepcopy(RING))  # centre held out
-    goal_region: list = field(default_factory=lambda: copy.deepcopy(PLUS))    # corners held out
-    distractor_region: list = field(default_factory=lambda: [[0.1, 0.1, 0.9, 0.9]])
-
-    def __post_init__(self):
-        _check_types(self)
-        for k, valid in [("textures", TEXTURES), ("distractor_colors", PALETTE),
-                         ("distractor_shapes", SHAPES), ("target_shapes", SHAPES)]:
-            v = getattr(self, k)
-            _need(v and set(v) <= set(valid), f"suite.{k} = {v}; expected names from {list(valid)}")
-        for k in ["brightness", "tint", "n_distractors", "distractor_size", "target_size"]:
-            v = getattr(self, k)
-            _need(len(v) == 2 and v[0] <= v[1], f"suite.{k} = {v}; expected [lo, hi] with lo <= hi")
-        _need(self.n_distractors[0] >= 0, f"suite.n_distractors = {self.n_distractors}; expected "
-              "[lo, hi] with lo >= 0 (a negative count would drop the target)")
-        for k in ["distractor_size", "target_size"]:  # block radii
-            v = getattr(self, k)
-            _need(v[0] > 0, f"suite.{k} = {v}; expected [lo, hi] with lo > 0 (a radius)")
-        for k in ["gripper_region", "target_region", "goal_region", "distractor_region"]:
-            for b in getattr(self, k):
-                _need(len(b) == 4 and 0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1,
-                      f"suite.{k} box {b}; expected [x0, y0, x1, y1] inside [0, 1]")
-        _need(all(len(c) == 3 and 0 <= min(c) <= max(c) <= 1 for c in self.table_colors),
-              f"suite.table_colors = {self.table_colors}; expected RGB lists in [0, 1]")
-        dc = self.distractor_colors  # a target's own colour is never drawn: keep another one
-        _need(len(set(dc)) > 1 or dc[0] not in TASK_COLORS, f"suite.distractor_colors = {dc}; "
-              f"expected two or more distinct colours, or one not in {TASK_COLORS}")
-
-
-def task_names(env):
-    """Every task name; index = task id (reach-* 0..3, push-* 4..7)."""
-    return [f"{fam}-{c}" for fam in FAMILIES for c in TASK_COLORS]
+TASK_NAMES = [f"{fam}-{c}" for fam in FAMILIES for c in TASK_COLORS]  # index = task id
 
 
 def task_ids(env):
     """The task ids of env.task's family, in TASK_COLORS order."""
     return [FAMILIES.index(env.task) * len(TASK_COLORS) + c for c in range(len(TASK_COLORS))]
-
-
-def get_suite(suites, name):
-    """Suite `name`: the `id` entry overridden by suites[name]; unknown names and keys raise."""
-    if name not in suites or "id" not in suites:
-        raise KeyError(f"unknown suite {name!r} (or no 'id' suite); defined: {sorted(suites)}")
-    valid = [f.name for f in fields(Suite)]
-    for part, key in [(p, k) for p in ("id", name) for k in suites[p]]:
-        if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1)
-            hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {valid}"
-            raise KeyError(f"unknown key {key!r} in suite {part!r}; {hint}")
-    return Suite(**{**suites["id"], **suites[name]})
 
 
 # ---- the world: reset, step, success, expert --------------------------------
@@ -163,7 +63,7 @@ def _sample_clear(gen, boxes, others, gap, what, tries=100):
             return p
         p = torch.where(bad[:, None], _in_boxes(gen, boxes, p.shape[0]), p)    # (B, 2)
     bad = _too_close(p, others, gap)                                           # (B,)
-    _need(not bad.any(), f"{what}: no position in {boxes} clear of the "
+    check(not bad.any(), f"{what}: no position in {boxes} clear of the "
           f"entities placed before it in {int(bad.sum())} of {len(p)} worlds after {tries} draws")
     return p
 
@@ -175,7 +75,7 @@ def reset(env, suite, task, gen):
     if task.dtype != torch.long or task.dim() != 1 or not torch.isin(task, ids).all():
         raise ValueError(f"task {task.tolist()}: expected a (B,) long tensor of {env.task} task "
                          f"ids {ids.tolist()}")
-    _need(suite.n_distractors[1] <= env.max_distractors, f"suite.n_distractors = "
+    check(suite.n_distractors[1] <= env.max_distractors, f"suite.n_distractors = "
           f"{suite.n_distractors} exceeds env.max_distractors = {env.max_distractors}")
 
     def U(lohi, *shape):
@@ -202,7 +102,7 @@ def reset(env, suite, task, gen):
             goal = torch.where(bad[:, None], _in_boxes(gen, suite.goal_region, B), goal)
         target = torch.where(bad[:, None], _in_boxes(gen, suite.target_region, B), target)
     bad = _too_close(target, goal[:, None], sep)  # (B,) after the last redraw
-    _need(not bad.any(), f"no target position in "
+    check(not bad.any(), f"no target position in "
           f"{suite.target_region} clear of a goal in {suite.goal_region} in "
           f"{int(bad.sum())} of {B} worlds after 200 draws")
     gripper = _sample_clear(gen, suite.gripper_region, target[:, None], r + size[:, :1] + 0.1,
@@ -259,7 +159,7 @@ def _resolve(env, state, iters=4):
 def step(env, state, action):
     """The next state (a new dict) after gripper velocities `action` (B, 2) in [-1, 1]."""
     shape = tuple(getattr(action, "shape", ()))
-    _need(torch.is_tensor(action) and shape == tuple(state["gripper"].shape), f"action of shape "
+    check(torch.is_tensor(action) and shape == tuple(state["gripper"].shape), f"action of shape "
           f"{shape}; expected {tuple(state['gripper'].shape)}: (B, 2) velocities in [-1, 1]")
     if not torch.isfinite(action).all():
         bad = (~torch.isfinite(action)).any(1).nonzero()[:, 0].tolist()
@@ -279,6 +179,24 @@ def success(env, state):
     elif env.task == "push":
         return ((T - state["goal"]).abs() <= env.goal_size).all(-1)
     raise ValueError(f"env.task = {env.task!r}; expected one of {FAMILIES}")
+
+
+def rollout(env, state, app, policy, steps, draw=True):
+    """Run policy(t, state, frame) -> actions (B, 2) for `steps` steps from `state`; frame is the
+    uint8 render at t (None when draw is False). Returns states [steps + 1 dicts], frames
+    (B, steps+1, 3, H, W) uint8 and masks (B, steps+1, H, W) (None when draw is False), and
+    success (B,) bool: at any step, the first state included."""
+    states, drawn, done = [state], [], success(env, state)
+    for t in range(steps + 1):
+        if draw:
+            drawn.append(render(env, state, app))                              # (B,3,H,W), (B,H,W)
+        if t == steps:
+            break
+        state = step(env, state, policy(t, state, drawn[-1][0] if draw else None))
+        done |= success(env, state)
+        states.append(state)
+    frames, masks = (torch.stack(x, 1) for x in zip(*drawn)) if draw else (None, None)
+    return {"states": states, "frames": frames, "masks": masks, "success": done}
 
 
 def interaction_ids(env):

@@ -144,9 +144,8 @@ def frame_permutations(keys, n):
 
 
 class ViTTeacher(Frozen):
-    """timm ViT patch tokens on the model's grid. Frames are upsampled to `res` px so the ViT's
-    (res / 14)^2 patch grid covers the frame; with res = 14 * h each ViT patch is exactly one of
-    our tokens, otherwise the ViT grid is area-averaged (or bilinearly upsampled) onto h x w."""
+    """timm ViT patch tokens on the model's grid: frames upsampled to res = 14 * grid px, so each
+    ViT patch covers exactly one of our tokens."""
 
     def __init__(self, vit, res, grid, identity):
         super().__init__()
@@ -165,12 +164,8 @@ class ViTTeacher(Frozen):
         x = F.interpolate(x, size=(self.res, self.res), mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std                             # (B*T, 3, R, R)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16(x.device.type)):
-            tok = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:].float()  # B*T,g*g,Dt
-        g = self.res // self.vit.patch_embed.patch_size[0]
-        f = tok.transpose(1, 2).reshape(B * T, self.dim, g, g)     # (B*T, Dt, g, g)
-        f = F.adaptive_avg_pool2d(f, self.grid) if g >= self.grid else \
-            F.interpolate(f, size=(self.grid, self.grid), mode="bilinear")  # (B*T, Dt, h, w)
-        return f.permute(0, 2, 3, 1).reshape(B, T, self.grid, self.grid, self.dim).float()
+            tok = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:].float()  # B*T,N,Dt
+        return tok.reshape(B, T, self.grid, self.grid, self.dim)   # (B, T, h, w, Dt), row-major
 
 
 def use_bf16(device_type):
@@ -195,7 +190,7 @@ def build_vit(a, grid, weights):
                                     img_size=res, pretrained_cfg_overlay=overlay)
         except RuntimeError as e:  # load_state_dict's missing / unexpected keys and shapes
             raise ValueError(f"align.teacher_weights = {weights}: not weights of "
-                             f"{a.teacher_name} ({str(e)[:300]})") from e
+                             f"{a.teacher_name} ({' '.join(str(e).split())[:300]})") from e
     check(res % vit.patch_embed.patch_size[0] == 0, f"align.teacher_name = {a.teacher_name}: its "
           f"patch {vit.patch_embed.patch_size[0]} does not divide the input side {res} = 14 * grid")
     digest = hashlib.sha256()

@@ -20,11 +20,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
-from align import OracleTeacher, agra_loss, build_projector, build_vit, teacher_batch, use_bf16
-from model import attention
-from train import build_model, load_config
-from world import PALETTE, SHAPES, expert, get_suite, render, reset, step, task_ids
+from align import OracleTeacher, align_loss, build_vit, targets, use_bf16
+from config import PALETTE, SHAPES, get_suite, load_config, pick_device
+from model import math_attention
+from train import build_model
+from world import expert, render, reset, step, task_ids
 
 GOALS = {  # figure prefix -> (goal on the 2-core CPU, goal on one H100)
     "env.steps_per_s": (">= 20000", "report"), "attention.sdpa_over_math": (">= 1.3", ">= 2"),
@@ -76,31 +80,16 @@ def fake_batch(cfg, B, T, device, n_frames):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def flops_per_sample(m):
-    """FLOPs of one training sample (video pass + foresight pass + action head, forward and
-    backward), counted as nanoGPT's estimate_mfu does: a weight used once per token costs 6 FLOPs
-    (2 forward, 4 backward), attention costs 6 * 2 * Lq * Lk * width per layer (scores + sum).
-    S = T*N video tokens, P = 3 p^2 pixels per patch, r = mlp_ratio, Ha action tokens. Per sample:
-      DiT block    S (4 + 2r) D^2  [qkv, proj, mlp]  + T 6 D^2 [adaLN, per frame]  + 2 S^2 D [attn]
-      embed        S P D [patch]   + T (256 D + D^2) [timestep MLP, per frame]
-      video pass   embed + depth blocks + Tf N D P + Tf 2 D^2 [final layer on the future frames]
-      foresight    embed + blocks up to the deepest bridged layer (no final layer)
-      head block   Ha (6 + 2r) Dh^2 [self qkv/proj, cross q/proj, mlp]  + 9 Dh^2 [adaLN]
-                   + S (D Dh + 2 Dh^2) [bridge + cross k, v on every video token]
-                   + 2 Ha^2 Dh + 2 Ha S Dh [self and cross attention]
-      head         head_depth blocks + 256 Dh + Dh^2 [t MLP] + 2 Ha A Dh [in/out] + 2 Dh^2
-    FLOPs = 6 * (sum of the multiply-adds above)."""
-    c, D, Dh, r, Ha, A = m.mcfg, m.mcfg.width, m.mcfg.head_width, m.mcfg.mlp_ratio, m.horizon, 2
-    T, N, Tf, P = m.n_ctx + m.n_future, m.n_tokens, m.n_future, 3 * c.patch**2
-    S = T * N
-    block = S * (4 + 2 * r) * D * D + T * 6 * D * D + 2 * S * S * D
-    embed = S * P * D + T * (256 * D + D * D)
-    video = embed + c.depth * block + Tf * N * D * P + Tf * 2 * D * D
-    foresight = embed + max(m.bridge_layers()) * block
-    head_block = (Ha * (6 + 2 * r) * Dh * Dh + 9 * Dh * Dh + S * (D * Dh + 2 * Dh * Dh)
-                  + 2 * Ha * Ha * Dh + 2 * Ha * S * Dh)
-    head = c.head_depth * head_block + 256 * Dh + Dh * Dh + 2 * Ha * A * Dh + 2 * Dh * Dh
-    return 6 * (video + foresight + head)
+def flops_per_sample(cfg, model, B=2):
+    """FLOPs of one training sample (both passes and the action head, forward and backward), as
+    torch.utils.flop_counter counts them on a batch of B; attention through SDPA's math backend,
+    whose matmuls the counter sees (the fused CPU kernel it does not)."""
+    batch = fake_batch(cfg, B, cfg.data.n_ctx + cfg.data.n_future, "cpu", 1)
+    model = copy.deepcopy(model).cpu()
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        losses, _ = model(batch)
+        (losses["video"] + losses["action"]).backward()
+    return counter.get_total_flops() / B
 
 
 def peak_flops(device, reps, warmup):
@@ -138,15 +127,16 @@ def bench_attention(cfg, device, ctx, reps, warmup):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     T, N = cfg.data.n_ctx + cfg.data.n_future, (cfg.env.res // mc.patch) ** 2
     tokens = cfg.train.batch_size * T * N
+    impls = {"sdpa": F.scaled_dot_product_attention, "math": lambda *x: math_attention(*x)[0]}
     for L in [128, 1024]:
         shape = (max(1, tokens // L), mc.heads, L, mc.width // mc.heads)  # (B, heads, L, d)
         q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
                    for _ in range(3))
 
         def fwd_bwd(impl, qkv=(q, k, v)):  # grads accumulate: the same cost every call
-            attention(*qkv, impl).sum().backward()
+            impls[impl](*qkv).sum().backward()
 
-        t = timeit({i: lambda i=i: fwd_bwd(i) for i in ["sdpa", "math"]}, device, reps, warmup)
+        t = timeit({i: lambda i=i: fwd_bwd(i) for i in impls}, device, reps, warmup)
         out[f"attention.sdpa_over_math.{L}"] = t["math"] / t["sdpa"]
     return out
 
@@ -156,41 +146,34 @@ def bench_train(cfg, device, ctx, reps, warmup):
     the oracle computed from the masks, AGRA with ViT features gathered from a cached table."""
     tc, ac, B = cfg.train, cfg.align, cfg.train.batch_size
     grid, T, n_frames = cfg.env.res // cfg.model.patch, cfg.data.n_ctx + cfg.data.n_future, 4096
-    torch.manual_seed(0)
-    base = build_model(cfg).to(device)
     oracle = OracleTeacher(cfg.model.patch, len(PALETTE), len(SHAPES), ac.oracle_dim).to(device)
     vit_dim = build_vit(ac, grid, None).dim
     cache = torch.empty(n_frames, grid, grid, vit_dim, dtype=torch.float16).uniform_(-1, 1)
     batch = fake_batch(cfg, B, T, device, n_frames)  # the cache stays on the CPU, as in train.py
-    variants = {"baseline": (None, 0), "oracle": (oracle, ac.oracle_dim), "dinov2_cache":
-                (cache, vit_dim)}
+    variants = {"baseline": (None, None), "oracle": (oracle, ac.oracle_dim),
+                "dinov2_cache": (cache, vit_dim)}
     steps = {}
     for name, (source, dim) in variants.items():
-        model = copy.deepcopy(base).train()
-        proj = build_projector(cfg.model.width, ac.proj_hidden, dim).to(device) if dim else None
-        params = list(model.parameters()) + (list(proj.parameters()) if proj else [])
-        opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2]},
-                                 {"params": [p for p in params if p.dim() < 2],
-                                  "weight_decay": 0.0}],
-                                lr=tc.lr, betas=(0.9, 0.95), weight_decay=tc.weight_decay)
+        model = build_model(cfg, dim).to(device).train()
+        opt = model.configure_optimizer(tc.lr, tc.weight_decay)
         fwd = torch.compile(model) if tc.compile else model
 
-        def train_step(fwd=fwd, proj=proj, source=source, opt=opt, params=params):
+        def train_step(model=model, fwd=fwd, source=source, opt=opt):
             with ctx:  # as train.py's loop, without the data loading and the EMA update
-                losses, h = fwd(batch, ac.layer if proj else 0, ac.apply_to)
+                losses, z = fwd(batch)
                 loss = tc.video_weight * losses["video"] + tc.action_weight * losses["action"]
-                if proj is not None:
-                    y = teacher_batch(batch, source)                        # (B, T, h, w, Dt)
-                    loss = loss + ac.weight * agra_loss(proj, h.float(), y, ac, cfg.data.n_ctx)
+                if z is not None:
+                    loss = loss + ac.weight * align_loss(z, targets(batch, source, ac.normalize))
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else 1e9)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
         steps[name] = train_step
+    base = build_model(cfg)
     t = timeit(steps, device, reps, warmup)
     peak, how = peak_flops(device, reps, warmup)
-    flops = flops_per_sample(base)
-    print(f"train: {flops / 1e9:.3f} GFLOP per sample (analytic), peak {peak / 1e12:.2f} "
+    flops = flops_per_sample(cfg, base)
+    print(f"train: {flops / 1e9:.3f} GFLOP per sample (flop counter), peak {peak / 1e12:.2f} "
           f"TFLOP/s ({how})")
     n_head = sum(p.numel() for p in base.action_head.parameters())
     n_all = sum(p.numel() for p in base.parameters())
@@ -204,7 +187,6 @@ def bench_train(cfg, device, ctx, reps, warmup):
 
 def bench_act(cfg, device, ctx, reps, warmup):
     """ms per act() at batch 1: the default Euler steps, and act_steps in STEPS."""
-    torch.manual_seed(0)
     model = build_model(cfg).to(device).eval()
     frames = torch.rand(1, cfg.data.n_ctx, 3, cfg.env.res, cfg.env.res, device=device) * 2 - 1
     task = torch.tensor(task_ids(cfg.env)[:1], device=device)               # (1,)
@@ -231,7 +213,7 @@ def bench_teacher(cfg, device, ctx, reps, warmup):
     cache = torch.empty(n_frames, grid, grid, vit.dim, dtype=torch.float16).uniform_(-1, 1)
     batch = fake_batch(cfg, n, 1, device, n_frames)  # n one-frame windows, as demo_batch gives
     t = timeit({"dinov2": lambda: vit(batch), "oracle": lambda: oracle(batch),
-                "cache": lambda: teacher_batch(batch, cache)}, device, reps, warmup)
+                "cache": lambda: targets(batch, cache, "none")}, device, reps, warmup)
     print(f"teacher: ViT input {vit.res} px from {cfg.env.res} px frames, batch {n}, "
           f"{'bf16 autocast' if use_bf16(torch.device(device).type) else 'fp32'}")
     return {f"teacher.images_per_s.{k}": n / v for k, v in t.items()}
@@ -267,8 +249,7 @@ def main(argv=None):
             raise ValueError(f"--threads {args.threads}; expected >= 1")
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, overrides)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.train.device == "auto" \
-        else cfg.train.device
+    device = pick_device(cfg.train.device)
     ctx = nullcontext() if device == "cpu" else torch.autocast("cuda", dtype=torch.bfloat16)
     name = device_name(device)
     print(f"bench: {args.group} | config {' '.join([args.config, *overrides])} ({cfg.name}) | "

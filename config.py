@@ -49,8 +49,7 @@ def check_type(key, value, typ):
         return float(value)
     if isinstance(value, typ) and (typ is bool or type(value) is not bool):
         return value
-    raise TypeError(f"config key '{key}' = {value!r} ({type(value).__name__}); "
-                    f"expected {typ.__name__}")
+    raise TypeError(f"{key} = {value!r} ({type(value).__name__}); expected {typ.__name__}")
 
 
 def check_keys(where, keys, valid):
@@ -78,8 +77,8 @@ def positive(obj, section, keys, low=1):
 
 
 # ---- the sections -----------------------------------------------------------
-@checked
 @dataclass
+@checked
 class EnvConfig:
     res: int = 32                    # frame side in pixels
     task: str = "reach"              # task family: reach | push
@@ -98,8 +97,8 @@ class EnvConfig:
         positive(self, "env", ["max_distractors"], low=0)
 
 
-@checked
 @dataclass
+@checked
 class Suite:
     """What world.reset draws worlds from. Ranges are [lo, hi]; regions are lists of boxes
     [x0, y0, x1, y1], drawn uniformly over their union. No defaults: config.yaml's `id` has them."""
@@ -156,8 +155,8 @@ def get_suite(suites, name):
     return Suite(**{**suites["id"], **suites[name]})
 
 
-@checked
 @dataclass
+@checked
 class DataConfig:
     n_episodes: int = 4000           # expert episodes E
     seed: int = 0                    # generation seed: the demos are a function of it
@@ -176,8 +175,8 @@ class DataConfig:
         check(self.expert_noise >= 0, f"data.expert_noise = {self.expert_noise}; expected >= 0")
 
 
-@checked
 @dataclass
+@checked
 class ModelConfig:
     patch: int = 4                   # patch side p in pixels (env.res must be a multiple)
     width: int = 96                  # video DiT width D (multiple of 4 and of heads)
@@ -204,8 +203,8 @@ class ModelConfig:
               f"expected 1..model.depth = {self.depth}")
 
 
-@checked
 @dataclass
+@checked
 class AlignConfig:
     weight: float = 0.5              # lambda: loss += weight * align loss; 0 = baseline WAM
     teacher: str = "oracle"          # oracle | oracle_task | dinov2 | random | shuffled
@@ -227,8 +226,8 @@ class AlignConfig:
         positive(self, "align", ["layer", "proj_hidden", "oracle_dim"])
 
 
-@checked
 @dataclass
+@checked
 class TrainConfig:
     steps: int = 3000                # optimizer steps
     batch_size: int = 64             # global batch (split across ranks under torchrun)
@@ -266,8 +265,8 @@ class TrainConfig:
                   f"has {f!r}; expected fractions of train.steps in (0, 1]")
 
 
-@checked
 @dataclass
+@checked
 class EvalConfig:
     episodes: int = 500              # closed-loop episodes per suite (standard error < ~2.3 points)
     suites: list = field(default_factory=lambda: ["all"])  # suite names; [all] = every suite

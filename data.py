@@ -56,7 +56,7 @@ def generate_demos(env, data, suite):
         state, app = world.reset(env, suite, task[i:i + CHUNK], gen)
         labels = []
 
-        def explore(t, state, frame):  # the label is the expert's; the executed action may not be
+        def explore(t, state, frame, labels=labels):  # labels: the expert's; executed: maybe not
             labels.append(world.expert(env, state))                           # (n, 2)
             n = len(state["task"])
             noisy = labels[-1] + data.expert_noise * torch.randn(n, 2, generator=gen)  # (n, 2)

@@ -1,12 +1,9 @@
-"""Evaluation: `python eval.py RUN_DIR [RUN_DIR ...] [--out DIR] [--force] [section.key=value ...]`.
+"""Evaluation of one run: `python eval.py RUN_DIR [RUN_DIR ...] [section.key=value ...]`.
 
-Per run: RUN_DIR/eval/metrics.json (flat keys, below), meta.json (what they were computed from),
-examples.pt (the pictures' inputs) and PNGs. Several runs: DIR/report.md comparing arms (plots.py;
-default DIR = <the runs' common parent>/report). Overrides apply to every run, e.g. eval.episodes=100
-or a new suite "suites.bg_new={'table_colors': [[0.9, 0.2, 0.9]]}". Finished keys are reused while
-the checkpoint and the config they depend on are unchanged (--force recomputes them all). A RUN_DIR
-without ckpt.pt but with eval/metrics.json (a recorded run: study.sh keeps each finished run so in
-results/<preset>/runs/, checkpoints left out) joins the report with its metrics as recorded.
+Writes RUN_DIR/eval/metrics.json (flat keys, below), examples.pt (the pictures' inputs) and PNGs:
+training.png, success.png, curve.png, attention.png, pca.png. Overrides apply to every run, e.g.
+eval.episodes=100, or a new suite: "suites.bg_new={'table_colors': [[0.9, 0.2, 0.9]]}".
+Comparing runs (arms, seeds, intervals) is the study's: python study/report.py RUN_DIR ...
 
   success.<suite>, success_curve.<suite>@<step>   closed-loop success rate (final EMA; snapshots)
   attention.in_mask[.block<j>], attention.chance   action-head cross-attention mass on the
@@ -23,69 +20,32 @@ results/<preset>/runs/, checkpoints left out) joins the report with its metrics 
 """
 # B episodes or windows   T frames   N = g*g tokens per frame   D width   Ha horizon   A = 2
 
-import argparse
 import copy
+import csv
 import json
 import math
-import os
-import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm import tqdm
 
 import align
 import data
-import plots
 import world
+from config import get_suite, load_config, pick_device, seeded_rng
+from model import Policy
+from train import build_model, load_checkpoint
 
 IRRELEVANT = ["background", "distractor_color", "distractor_move"]  # pixel edits; target_move matters
 HIDDEN_OPS = ["mean", "zeros", "shuffle", "swap"]  # on the region's tokens, then the rest's
 PARTS = ["attention", "intervention", "probe", "video", "latency"]  # on held-out id windows
-
-
-@dataclass
-class EvalConfig:
-    episodes: int = 500            # closed-loop episodes per suite (standard error < ~2.3 points)
-    batch_size: int = 500          # episodes simulated at once
-    suites: list = field(default_factory=lambda: ["all"])  # suite names; ["all"] = every suite
-    replan: int = 4                # actions executed per chunk before re-planning; 0 = whole chunk
-    act_steps: int = 0             # Euler steps of the action head; 0 = model.act_steps
-    curve_suites: list = field(default_factory=lambda: ["id"])  # suites run on every snapshot
-    curve_episodes: int = 200      # episodes per suite per snapshot
-    heldout_episodes: int = 64     # fresh expert episodes (seed below) for the held-out analyses
-    attn_samples: int = 256        # held-out windows for attention and hidden-state interventions
-    intervention_samples: int = 256  # fresh id episodes for the pixel interventions
-    probe_samples: int = 1024      # held-out windows for the probes (split by episode, half/half)
-    probe_steps: int = 300         # Adam steps of each linear probe
-    psnr_samples: int = 64         # held-out windows for video PSNR
-    latency_reps: int = 50         # timed act() calls at batch 1 (after 5 warm-up calls)
-    examples: int = 6              # windows shown in the attention and PCA pictures
-    seed: int = 1234               # episodes, held-out demos and noise; must differ from data.seed
-    use_ema: bool = True           # evaluate the EMA weights (else the raw weights)
-    device: str = "auto"           # auto | cpu | cuda[:i]
-
-    def __post_init__(self):
-        for k in ("episodes", "batch_size", "curve_episodes", "heldout_episodes", "attn_samples",
-                  "intervention_samples", "probe_samples", "probe_steps", "psnr_samples",
-                  "latency_reps", "examples"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"eval.{k}={getattr(self, k)}; expected an integer >= 1")
-        for k in ("replan", "act_steps"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"eval.{k}={getattr(self, k)}; expected 0 (the default) or more")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"eval.device={self.device!r}; expected auto, cpu, cuda or cuda:<i>")
-
-
-def context_times(t, n_ctx, stride):
-    """Frame times fed as context at time t, as data.Dataset builds them (clamped at 0)."""
-    return [max(0, t - (n_ctx - 1 - i) * stride) for i in range(n_ctx)]
 
 
 def action_change(a, b):
@@ -153,46 +113,24 @@ def edit_tokens(hidden, m, op, gen):
     return {k: h[b, i] for k, h in hidden.items()}                             # (B, L, D) each
 
 
-# -----------------------------------------------------------------------------
-# measurements
-
-
+# ---- measurements -----------------------------------------------------------
 @torch.no_grad()
 def success_rate(model, cfg, suite, episodes, device):
-    """Closed-loop success on one suite: batches of episodes, `replan` actions of each chunk."""
-    env, ec, dc = cfg.env, cfg.eval, cfg.data
-    replan = ec.replan or dc.horizon
-    if not 0 < replan <= dc.horizon:
-        raise ValueError(f"eval.replan={ec.replan}; expected 0 (whole chunk) or 1..{dc.horizon}")
-    gen = torch.Generator().manual_seed(ec.seed)  # same tasks and layouts for every suite and run
-    torch.manual_seed(ec.seed)  # action noise
-    wins, tasks = 0, torch.tensor(world.task_ids(env))  # env.task's family
-    for start in range(0, episodes, ec.batch_size):
-        B = min(ec.batch_size, episodes - start)
-        task = tasks[torch.randint(len(tasks), (B,), generator=gen)]            # (B,)
-        state, app = world.reset(env, world.get_suite(cfg.suites, suite), task, gen)
-        hist = [world.render(env, state, app)[0]]                                # [(B, 3, H, W)]
-        done = torch.zeros(B, dtype=torch.bool)                                 # (B,)
-        for t in range(env.max_steps):
-            if t % replan == 0:
-                ctx = torch.stack([hist[i] for i in context_times(t, dc.n_ctx, dc.stride)], 1)
-                chunk = model.act((ctx.float() / 127.5 - 1).to(device), task.to(device),  # (B, Ha, A)
-                                  ec.act_steps or None).cpu()
-            state = world.step(env, state, chunk[:, t % replan])
-            done |= world.success(env, state)
-            hist.append(world.render(env, state, app)[0])
-        wins += done.sum().item()
-    return wins / episodes
-
-
-def check_heldout_seed(cfg):
-    if cfg.eval.seed == cfg.data.seed:
-        raise ValueError(f"eval.seed={cfg.eval.seed} equals data.seed: held-out data must differ")
+    """Closed-loop success on one suite: the model as a Policy, `replan` actions of each chunk."""
+    env, dc = cfg.env, cfg.data
+    gen = torch.Generator().manual_seed(cfg.eval.seed)  # the same tasks and layouts for every run
+    torch.manual_seed(cfg.eval.seed)  # action noise
+    tasks = torch.tensor(world.task_ids(env))  # env.task's family
+    task = tasks[torch.randint(len(tasks), (episodes,), generator=gen)]         # (B,)
+    state, app = world.reset(env, get_suite(cfg.suites, suite), task, gen)
+    policy = Policy(model, dc.n_ctx, dc.stride, cfg.eval.replan)
+    r = world.rollout(env, state, app, lambda t, s, frame: policy.select_action(
+        {"frame": frame, "task": task}), env.max_steps)
+    return r["success"].float().mean().item()
 
 
 def heldout(cfg):
     """Fresh expert episodes (seed eval.seed, never the training seed) and their Dataset windows."""
-    check_heldout_seed(cfg)
     hcfg = copy.deepcopy(cfg)
     hcfg.data.seed, hcfg.data.n_episodes = cfg.eval.seed, cfg.eval.heldout_episodes
     demos = data.make_demos(hcfg)
@@ -217,13 +155,13 @@ def noise_like(cfg, B, seed, device):
 
 
 @torch.no_grad()
-def attention_part(model, cfg, held, device, out):
+def attention_part(model, cfg, held, device, out, teacher="oracle"):
     """Cross-attention of every action block on held-out windows; saves the pictures' inputs."""
     ec, dc, g = cfg.eval, cfg.data, model.grid
     batch = windows(held[1], ec.attn_samples, ec.seed)
     hidden, task = interface(model, cfg, batch, device, [*model.bridge_layers(), cfg.align.layer])
     noise = noise_like(cfg, len(task), ec.seed, device)                         # (B, Ha, A)
-    _, maps = model.sample_actions(hidden, task, ec.act_steps or cfg.model.act_steps, noise, True)
+    _, maps = model.sample_actions(hidden, task, cfg.model.act_steps, noise, True)
     maps = [a.float().mean((1, 2)).cpu() for a in maps]  # per block (B, T*N): heads, actions avg
     region = region_tokens(batch["masks"], world.interaction_ids(cfg.env), cfg.model.patch)
     m = {f"attention.{k}": v for k, v in attention_stats(sum(maps) / len(maps), region, g).items()}
@@ -233,15 +171,16 @@ def attention_part(model, cfg, held, device, out):
     n, cur = ec.examples, dc.n_ctx - 1  # pictures: the current frame of the first n windows
     ex = {k: v[:n] for k, v in batch.items()}
     tcfg = copy.deepcopy(cfg)  # the run's teacher; the oracle for a baseline or a fallback
-    tcfg.align.teacher = cfg.align.teacher_used if cfg.align.teacher_used in align.TEACHERS \
-        else "oracle"
+    tcfg.align.teacher = teacher if teacher in ["oracle", "oracle_task", "shuffled", "random",
+                                                "dinov2"] else "oracle"
     teacher, tname = align.build_teacher(tcfg)
     feats = hidden[cfg.align.layer][:n].view(n, -1, g, g, cfg.model.width)[:, cur]  # (n, g, g, D)
-    pics = {"frames": ((ex["video"][:, cur] + 1) * 127.5).round().byte(),  # (n, 3, H, W)
+    pics = {"frames": world.to_uint8(ex["video"][:, cur]),                # (n, 3, H, W)
             "attn": (sum(maps) / len(maps))[:n].view(n, -1, g, g).sum(1),   # (n, g, g)
             "region": region[:n].view(n, -1, g, g)[:, cur],                 # (n, g, g)
             "student": feats.float().cpu(), "layer": cfg.align.layer,       # (n, g, g, D)
-            "teacher": teacher(ex)[:, cur].float().cpu(), "teacher_name": tname}  # (n, g, g, Dt)
+            "teacher": teacher(ex)[:, cur].float().cpu(), "teacher_name": tname,  # (n, g, g, Dt)
+            "task": ex["task"]}
     # clone: torch.save writes a view's whole storage (the batch's), not just the view
     torch.save({k: v.clone() if torch.is_tensor(v) else v for k, v in pics.items()},
                out / "examples.pt")
@@ -253,22 +192,20 @@ def intervention_part(model, cfg, held, device, out):
     """Action change (same noise) under pixel edits of fresh id episodes and token edits of the
     interface on held-out windows."""
     env, ec, dc = cfg.env, cfg.eval, cfg.data
-    B, ids, steps = ec.intervention_samples, world.interaction_ids(env), ec.act_steps or None
+    B, ids, steps = ec.intervention_samples, world.interaction_ids(env), None
     gen = torch.Generator().manual_seed(ec.seed + 1)
     tasks = torch.tensor(world.task_ids(env))                                    # env.task's family
     task = tasks[torch.randint(len(tasks), (B,), generator=gen)]                # (B,)
-    state, app = world.reset(env, world.get_suite(cfg.suites, "id"), task, gen)
-    hist = [state]
-    for _ in range((dc.n_ctx - 1) * dc.stride):  # an expert history as long as the context needs
-        hist.append(world.step(env, hist[-1], world.expert(env, hist[-1])))
-    hist = [hist[i] for i in context_times(len(hist) - 1, dc.n_ctx, dc.stride)]
+    state, app = world.reset(env, get_suite(cfg.suites, "id"), task, gen)
+    hist = world.rollout(env, state, app, lambda t, s, f: world.expert(env, s),  # the expert's
+                         (dc.n_ctx - 1) * dc.stride, draw=False)["states"][::dc.stride]  # context
     noise = noise_like(cfg, B, ec.seed + 1, device)                             # (B, Ha, A)
 
     def look(states, appearance):  # -> frames (B, n_ctx, 3, H, W), region pixels (B, n_ctx, ids)
         frames, masks = zip(*(world.render(env, s, appearance) for s in states))
         masks = torch.stack(masks, 1)                                           # (B, n_ctx, H, W)
         counts = torch.stack([(masks == i).sum((2, 3)) for i in ids], -1)      # (B, n_ctx, ids)
-        return torch.stack(frames, 1).float() / 127.5 - 1, counts
+        return world.to_float(torch.stack(frames, 1)), counts
 
     def moved(slots):  # every episode takes the next episode's positions for these blocks
         out = []
@@ -324,7 +261,7 @@ def linear_probe(feats, labels, train_mask, steps, seed=0):
     feats (B, N, D), labels (B,) token ids, train_mask (B,) bool."""
     f = feats[train_mask]                                                       # (Btr, N, D)
     x = (feats - f.mean((0, 1))) / (f.std((0, 1)) + 1e-6)                      # (B, N, D)
-    with align.seeded_rng(seed), torch.enable_grad():
+    with seeded_rng(seed), torch.enable_grad():
         lin = torch.nn.Linear(x.shape[-1], 1)
         opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
         for _ in range(steps):
@@ -397,74 +334,108 @@ def latency_part(model, cfg, held, device, out):
     for _ in range(5 + cfg.eval.latency_reps):  # the first 5 are warm-up
         sync()
         t0 = time.perf_counter()
-        model.act(ctx, task, cfg.eval.act_steps or None)
+        model.act(ctx, task)
         sync()
         times.append(1000 * (time.perf_counter() - t0))
     return {"latency.act_ms": sorted(times[5:])[len(times[5:]) // 2]}
 
 
-# -----------------------------------------------------------------------------
-# one run: reuse what is done, measure the rest, draw its pictures
+# ---- pictures of one run ------------------------------------------------------
+def pictures(out, run, m, cfg, ex, name):
+    """training.png, success.png, curve.png, attention.png and pca.png of one evaluated run."""
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    fig, axes = plt.subplots(1, 4, figsize=(12, 2.8))
+    for ax, col in zip(axes, ["loss", "video", "action", "align"]):
+        ax.plot([int(r["step"]) for r in rows], [float(r[col]) for r in rows], lw=0.8)
+        ax.set(title=f"{name}: {col} loss", xlabel="training step")
+    save(fig, out / "training.png")
+
+    def ci(p, n):  # binomial 95% interval, inside [0, 1]
+        h = 1.96 * math.sqrt(max(0.0, p * (1 - p)) / n)
+        return [p - max(0.0, p - h), min(1.0, p + h) - p]
+    suites = [k for k in m if k.startswith("success.")]
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(suites), 3))
+    p = [m[k] for k in suites]
+    ax.bar(range(len(p)), p, yerr=list(zip(*[ci(x, cfg.eval.episodes) for x in p])), capsize=2)
+    ax.set_xticks(range(len(p)), [k[8:] for k in suites], rotation=40, ha="right", fontsize=7)
+    ax.set(title=f"{name}: closed-loop success ({cfg.eval.episodes} episodes, 95%)",
+           ylabel="success rate", ylim=(0, 1.02))
+    save(fig, out / "success.png")
+    curve = sorted((int(k.split("@")[1]), k.split("@")[0][14:], v) for k, v in m.items()
+                   if k.startswith("success_curve."))
+    fig, ax = plt.subplots(figsize=(4, 3))
+    for suite in sorted({c[1] for c in curve}):
+        x, p = zip(*[(s, v) for s, su, v in curve if su == suite])
+        ax.errorbar(x, p, yerr=list(zip(*[ci(v, cfg.eval.curve_episodes) for v in p])),
+                    marker="o", capsize=2, label=suite)
+    ax.set(title=f"{name}: success of the EMA snapshots", xlabel="training step",
+           ylabel="success rate", ylim=(0, 1.02))
+    ax.legend(fontsize=7, title="suite")
+    save(fig, out / "curve.png")
+
+    n, (_, H, W), g = len(ex["frames"]), ex["frames"][0].shape, ex["attn"].shape[-1]
+    fig, axes = plt.subplots(5, n, squeeze=False, figsize=(1.7 * n, 9))
+    pcs = [pca_rgb(ex["student"]), pca_rgb(ex["student"] - ex["student"].mean(0, keepdim=True)),
+           pca_rgb(ex["teacher"])]  # mean over windows removed: content, not the position code
+    labels = ["frame, interaction\nregion (cyan)", "head's attention", f"layer {ex['layer']}: PCA",
+              "layer, cell mean\nremoved: PCA", f"teacher {ex['teacher_name'][:12]}: PCA"]
+    for i in range(n):
+        centres = [(j + 0.5) * W / g for j in range(g)]
+        for r, img in enumerate([ex["frames"][i].permute(1, 2, 0), None, *(x[i] for x in pcs)]):
+            ax = axes[r][i]
+            ax.imshow(ex["frames"][i].permute(1, 2, 0).numpy() if img is None else img.numpy(),
+                      extent=(0, W, H, 0), interpolation="nearest")
+            if r < 2:
+                ax.contour(centres, centres, ex["region"][i].float().numpy(), [0.5],
+                           colors="cyan", linewidths=0.7)
+            if r == 1:
+                ax.imshow(ex["attn"][i].numpy(), cmap="inferno", alpha=0.6, extent=(0, W, H, 0))
+            ax.set(xticks=[], yticks=[])
+        axes[0][i].set_title(world.TASK_NAMES[int(ex["task"][i])], fontsize=7)
+    for r, label in enumerate(labels):
+        axes[r][0].set_ylabel(label, fontsize=7)
+    fig.suptitle(f"{name}: the current frame of {n} held-out windows", fontsize=9)
+    save(fig, out / "attention.png")
 
 
-def teacher_of(cfg):
-    """The teacher a run used; for a run started from a pretrain (train.init_from), the pretrain's
-    too, read from the config.yaml beside its checkpoint."""
-    if not cfg.train.init_from:
-        return cfg.align.teacher_used
-    pre = Path(cfg.train.init_from).parent / "config.yaml"
-    if not pre.is_file():
-        print(f"WARNING: {pre} (the pretrain's config) is missing; its teacher is reported as '?'")
-        return f"{cfg.align.teacher_used} (pretrain: ?)"
-    pre_teacher = yaml.safe_load(pre.read_text())["align"]["teacher_used"]
-    return f"{cfg.align.teacher_used} (pretrain: {pre_teacher})"
+def pca_rgb(f):
+    """Features (n, h, w, D) -> (n, h, w, 3) in [0, 1]: their top 3 principal components."""
+    x = f.flatten(0, 2).float()                                                 # (n*h*w, D)
+    x = x - x.mean(0)
+    y = x @ torch.linalg.svd(x, full_matrices=False)[2][:3].T                  # (n*h*w, 3)
+    y = y * y.gather(0, y.abs().argmax(0, keepdim=True)).sign()  # SVD's sign: largest value > 0
+    y = (y - y.min(0).values) / (y.max(0).values - y.min(0).values).clamp_min(1e-8)
+    return y.view(*f.shape[:3], 3)                                              # (n, h, w, 3)
 
 
-def same_config(old, new):
-    """A saved config (meta.json's) equals new, keys added to the code since it was written counting
-    as the default they had then: the run could not have used another value."""
-    import train  # at call time: train.py imports EvalConfig from this file at its top
-    default = asdict(train.Config())
-    filled = {s: {**default[s], **old[s]} if isinstance(default.get(s), dict) and
-              isinstance(old.get(s), dict) else old.get(s) for s in new}
-    return filled == new
+def save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def evaluate(run, overrides=(), force=False):
-    """Metrics of one run folder (flat keys), written with its pictures to RUN_DIR/eval/."""
-    import train  # at call time: train.py imports EvalConfig from this file at its top
+# ---- one run ------------------------------------------------------------------
+def evaluate(run, overrides=()):
+    """Every metric of one run folder, written with its pictures to RUN_DIR/eval/."""
     t_start, run = time.perf_counter(), Path(run)
-    cfg = train.load_config(run / "config.yaml", overrides)
-    ec, out = cfg.eval, run / "eval"
-    check_heldout_seed(cfg)  # now, not after the closed-loop suites have run
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if ec.device == "auto" else ec.device
+    cfg = load_config(run / "config.yaml", overrides)
+    ec, out, device = cfg.eval, run / "eval", pick_device(cfg.eval.device)
     suites = list(cfg.suites) if ec.suites == ["all"] else ec.suites
-    defs = {s: asdict(world.get_suite(cfg.suites, s)) for s in [*suites, *ec.curve_suites]}
-    ckpt = train.load_checkpoint(run / "ckpt.pt", device)
-    model = train.build_model(cfg).to(device).eval()
-    model.load_state_dict(ckpt["ema" if ec.use_ema else "model"])
-    # what every value depends on; suite lists only decide which keys exist
-    conf = {**asdict(cfg), "suites": None, "eval": {**asdict(ec), "suites": None,
-                                                    "curve_suites": None, "device": None}}
-    m, meta = {}, {"step": ckpt["step"], "config": conf, "suites": defs, "times": {}}
-    done = (out / "meta.json").exists() and (out / "metrics.json").exists()
-    old = json.loads((out / "meta.json").read_text()) if done else None
-    if old and not force and old["step"] == meta["step"] and same_config(old["config"], conf):
-        stale = {s for s in defs if old["suites"].get(s, defs[s]) != defs[s]}  # redefined suites
-        m = {k: v for k, v in json.loads((out / "metrics.json").read_text()).items()
-             if not k.startswith("success") or re.split(r"[.@]", k)[1] not in stale}
-        meta.update(suites={**old["suites"], **defs}, times=old["times"])
-    if not (out / "examples.pt").exists():
-        m.pop("time.attention", None)
-    if "probe.read.localization_acc" not in m:  # saved before the head-input probe: probe again
-        m = {k: v for k, v in m.items() if not k.startswith("probe.") and k != "time.probe"}
-    snaps = {int(p.stem.split("_")[1]): p for p in run.glob("snapshots/ema_*.pt")}
-    todo = [("success", s) for s in suites if f"success.{s}" not in m]
-    todo += [("success_curve", f"{s}@{k}") for k in sorted(snaps) for s in ec.curve_suites
-             if f"success_curve.{s}@{k}" not in m]
-    todo += [(part, "") for part in PARTS if f"time.{part}" not in m]
+    ckpt = load_checkpoint(run / "ckpt.pt", device)
+    proj = ckpt["ema"].get("projector.4.weight")  # AGRA's projector: (Dt, proj_hidden)
+
+    def load(weights):
+        model = build_model(cfg, None if proj is None else proj.shape[0]).to(device).eval()
+        model.load_state_dict(weights)
+        return model
+    model = load(ckpt["ema"])
+    snaps = sorted(int(p.stem.split("_")[1]) for p in run.glob("snapshots/ema_*.pt"))
+    todo = [("success", s) for s in suites]
+    todo += [("success_curve", f"{s}@{k}") for k in snaps for s in ec.curve_suites]
+    todo += [(part, "") for part in PARTS]
     out.mkdir(exist_ok=True)
-    held, snap_model = None, None
+    m, times, held = {}, {}, None
     for part, arg in (bar := tqdm(todo, desc=f"eval {run.name}", dynamic_ncols=True)):
         bar.set_postfix_str(f"{part} {arg}")
         t0, key = time.perf_counter(), f"{part}.{arg}" if arg else part
@@ -472,26 +443,25 @@ def evaluate(run, overrides=(), force=False):
             m[key] = success_rate(model, cfg, arg, ec.episodes, device)
         elif part == "success_curve":
             suite, step = arg.split("@")
-            snap_model = snap_model or train.build_model(cfg).to(device).eval()
-            snap_model.load_state_dict(train.load_checkpoint(snaps[int(step)], device)["ema"])
-            m[key] = success_rate(snap_model, cfg, suite, ec.curve_episodes, device)
+            snap = load(load_checkpoint(run / "snapshots" / f"ema_{step}.pt", device)["ema"])
+            m[key] = success_rate(snap, cfg, suite, ec.curve_episodes, device)
         else:
             if held is None:
                 held = heldout(cfg)
-                meta["times"]["heldout"], t0 = time.perf_counter() - t0, time.perf_counter()
-            m.update(PART_FNS[part](model, cfg, held, device, out))
-        meta["times"][key] = time.perf_counter() - t0
-    t = meta["times"]
-    m.update({f"time.{p}": sum(v for k, v in t.items() if k in m and k.startswith(p + "."))
-              for p in ["success", "success_curve"]})
-    m.update({f"time.{p}": t[p] for p in [*PARTS, "heldout"] if p in t})
-    m["time.total"] = sum(v for k, v in m.items() if k.startswith("time.") and k != "time.total")
-    m = dict(sorted({**m, "teacher": teacher_of(cfg), "step": ckpt["step"]}.items()))
+                times["heldout"], t0 = time.perf_counter() - t0, time.perf_counter()
+            kw = {"teacher": ckpt["teacher"]} if part == "attention" else {}
+            m.update(PART_FNS[part](model, cfg, held, device, out, **kw))
+        times[key] = time.perf_counter() - t0
+    for p in ["success", "success_curve"]:
+        times[p] = sum(v for k, v in times.items() if k.startswith(p + "."))
+    m.update({f"time.{p}": times[p] for p in [*PARTS, "heldout", "success", "success_curve"]})
+    m["time.total"] = time.perf_counter() - t_start
+    m = dict(sorted({**m, "teacher": ckpt["teacher"], "step": ckpt["step"]}.items()))
     (out / "metrics.json").write_text(json.dumps(m, indent=1))
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    plots.run_pictures(out, run, m, cfg, torch.load(out / "examples.pt", weights_only=True))
-    print(f"{run}: {time.perf_counter() - t_start:.1f} s; " + ", ".join(
-        f"{k} {m[k]:.3g}" for k in ["success.id", "attention.in_mask", "probe.localization_acc"]))
+    pictures(out, run, m, cfg, torch.load(out / "examples.pt", weights_only=True), run.name)
+    print(f"{run}: {m['time.total']:.1f} s; " + ", ".join(
+        f"{k} {m[k]:.3g}" for k in ["success.id", "attention.in_mask", "probe.localization_acc"]
+        if k in m) + f"; {out}")
     return m
 
 
@@ -499,43 +469,20 @@ PART_FNS = {"attention": attention_part, "intervention": intervention_part, "pro
             "video": video_part, "latency": latency_part}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate run folders; compare them in a report.")
-    p.add_argument("args", nargs="+", help="RUN_DIR ... and section.key=value overrides")
-    p.add_argument("--out", help="report folder (default: <common parent of the runs>/report)")
-    p.add_argument("--force", action="store_true", help="recompute, ignore existing metrics.json")
-    p.add_argument("--baseline", default="baseline", help="arm the paired differences refer to")
-    p.add_argument("--readme", help="also paste summary.md into this file, between the lines "
-                   "'<!-- results:OUT -->' and '<!-- /results:OUT -->'")
-    a = p.parse_intermixed_args(argv)
-    runs = [Path(x) for x in a.args if "=" not in x]
-    overrides = [x for x in a.args if "=" in x]
+def main(argv):
+    runs, overrides = [a for a in argv if "=" not in a], [a for a in argv if "=" in a]
+    if not runs or any(a.startswith("-") for a in runs):
+        raise SystemExit("usage: python eval.py RUN_DIR [RUN_DIR ...] [section.key=value ...]")
+    for r in map(Path, runs):  # every run checked before the first is evaluated
+        if not (r / "config.yaml").is_file() or not (r / "ckpt.pt").is_file():
+            raise SystemExit(f"error: {r} is not a run folder: expected {r}/config.yaml and "
+                             f"{r}/ckpt.pt (python train.py CONFIG name=... makes one)")
+        try:
+            load_config(r / "config.yaml", overrides)
+        except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
+            raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
     for r in runs:
-        if not (r / "config.yaml").is_file() or not ((r / "ckpt.pt").is_file()
-                                                     or (r / "eval" / "metrics.json").is_file()):
-            raise FileNotFoundError(f"{r} is not a run folder (needs config.yaml and ckpt.pt, or "
-                                    "config.yaml and eval/metrics.json for a recorded run)")
-    recorded = [r for r in runs if not (r / "ckpt.pt").is_file()]  # results/<preset>/runs/*
-    if recorded and (overrides or a.force):
-        raise ValueError(f"{recorded[0]} has no ckpt.pt, so it cannot be evaluated again with "
-                         f"{overrides or '--force'}; its eval/metrics.json is read as it is")
-    if recorded:
-        print(f"eval: {len(recorded)} run(s) without ckpt.pt, metrics read as recorded: "
-              + ", ".join(r.name for r in recorded))
-    metrics = {r: json.loads((r / "eval" / "metrics.json").read_text()) if r in recorded
-               else evaluate(r, overrides, a.force) for r in runs}
-    if len(runs) > 1:
-        common = Path(os.path.commonpath([r.resolve() for r in runs]))
-        out = Path(a.out) if a.out else common / "report"
-        plots.report(runs, metrics, out, a.baseline)
-        if a.readme:  # README tables come from the metrics files, never typed by hand
-            text, begin, end = Path(a.readme).read_text(), f"<!-- results:{out} -->", \
-                f"<!-- /results:{out} -->"
-            if begin not in text or end not in text:
-                raise ValueError(f"{a.readme} has no '{begin}' ... '{end}' block to fill")
-            head, rest = text.split(begin, 1)
-            text = f"{head}{begin}\n{(out / 'summary.md').read_text()}{end}{rest.split(end, 1)[1]}"
-            Path(a.readme).write_text(text)
+        evaluate(r, overrides)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,28 @@
 """AGRA (align.py): loss, normalisation, teachers, weights, fallback, cache, gradient reach."""
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import align
+import config
 import world
-from align import AlignConfig, agra_loss, align_loss, build_teacher
-from data import DataConfig
-from model import WAM, ModelConfig
-from world import BACKGROUND, GOAL, GRIPPER, PALETTE, SHAPES, TARGET, EnvConfig
+from align import align_loss, build_teacher
+from config import PALETTE, SHAPES, AlignConfig, Config, EnvConfig, ModelConfig
+from model import WAM
+from world import BACKGROUND, GOAL, GRIPPER, TARGET
 
 RES, PATCH, GRID = 16, 4, 4  # 4 x 4 tokens; the ViT then runs at 14 * 4 = 56 px: fast
 
 
 def make_cfg(tmp_path=".", depth=4, res=RES, **align_kw):
-    """The sections of Config that align.py reads (Config itself lives in train.py)."""
-    return SimpleNamespace(align=AlignConfig(**align_kw), env=EnvConfig(res=res),
-                           model=ModelConfig(patch=PATCH, depth=depth),
-                           data=DataConfig(cache_dir=str(tmp_path)))
+    """A Config at res 16, patch 4 (4 x 4 tokens), with these align values."""
+    cfg = Config(align=AlignConfig(**align_kw), model=ModelConfig(patch=PATCH, depth=depth))
+    cfg.env.res, cfg.data.cache_dir = res, str(tmp_path)
+    return cfg
 
 
 def scene(target_color="red"):
@@ -58,7 +57,7 @@ def test_seeded_rng_leaves_the_callers_stream_alone(device):
     torch.manual_seed(7)
     want = torch.rand(3, device=device)
     torch.manual_seed(7)
-    with align.seeded_rng(11):
+    with config.seeded_rng(11):
         inside = torch.rand(3, device=device)
     after = torch.rand(3, device=device)
     torch.manual_seed(11)
@@ -73,41 +72,20 @@ def test_loss_extremes():
         assert abs(got - want) < 1e-5, f"align_loss = {got}, expected {want}"
 
 
-def test_shape_mismatch_raises():
-    """Student and teacher of different shapes raise, in align_loss and in agra_loss."""
-    with pytest.raises(ValueError, match="student"):
-        align_loss(torch.randn(2, 10, 8), torch.randn(2, 10, 7))
-    with pytest.raises(ValueError, match="hidden"):
-        agra_loss(nn.Identity(), torch.randn(2, 33, 8), torch.randn(2, 2, 4, 4, 8), AlignConfig(), 1)
-
-
-def test_agra_loss_frames_select_tokens():
-    """With frames=future only the future frames' tokens count, in time-major token order."""
-    y = torch.randn(2, 3, GRID, GRID, 8)                                  # (B, T, h, w, Dt)
-    hidden = y.flatten(1, 3).clone()                                      # (B, T*N, D=Dt)
-    hidden[:, : GRID * GRID] = torch.randn(2, GRID * GRID, 8)             # spoil frame 0 (context)
-    a = AlignConfig(frames="future", normalize="none")
-    assert agra_loss(nn.Identity(), hidden, y, a, n_ctx=1).item() == pytest.approx(-1, abs=1e-5)
-    a.frames = "all"
-    assert agra_loss(nn.Identity(), hidden, y, a, n_ctx=1).item() > -0.9, "context not counted"
-    a.frames = "context"  # the spoilt frame 0 is the only one counted now
-    assert agra_loss(nn.Identity(), hidden, y, a, n_ctx=1).item() > -0.9, "future counted"
-    hidden[:, : GRID * GRID] = y[:, 0].flatten(1, 2)
-    hidden[:, GRID * GRID:] = torch.randn(2, 2 * GRID * GRID, 8)          # spoil the future
-    assert agra_loss(nn.Identity(), hidden, y, a, n_ctx=1).item() == pytest.approx(-1, abs=1e-5)
-
-
-def test_agra_loss_spatial_normalizes_the_teacher():
+def test_targets_spatial_normalize_the_teacher():
     """normalize=spatial compares the student with the teacher standardized over each frame's
     tokens: a student equal to that scores -1 against a teacher with a large offset shared by
     every token, which normalize=none does not remove."""
     y = torch.randn(2, 3, GRID, GRID, 8)                                  # (B, T, h, w, Dt)
-    hidden = align.spatial_normalize(y.flatten(2, 3)).flatten(1, 2)       # (B, T*N, Dt)
+    z = align.spatial_normalize(y.flatten(2, 3)).flatten(1, 2)            # (B, T*N, Dt)
     shifted = y + 10 * torch.randn(8)                                     # one offset, every token
-    a = AlignConfig(frames="all", normalize="spatial")
-    assert agra_loss(nn.Identity(), hidden, shifted, a, n_ctx=1).item() == pytest.approx(-1, abs=1e-4)
-    a.normalize = "none"
-    assert agra_loss(nn.Identity(), hidden, shifted, a, n_ctx=1).item() > -0.9
+
+    def teacher(batch):
+        return shifted
+    y_spatial = align.targets({}, teacher, "spatial")                    # (B, T*N, Dt)
+    assert y_spatial.shape == (2, 3 * GRID * GRID, 8), tuple(y_spatial.shape)
+    assert align_loss(z, y_spatial).item() == pytest.approx(-1, abs=1e-4)
+    assert align_loss(z, align.targets({}, teacher, "none")).item() > -0.9
 
 
 def test_spatial_normalize_zero_mean():
@@ -141,7 +119,8 @@ def test_oracle_on_rendered_scenes_ignores_which_block_is_the_target():
     """On world.py's rendered worlds, every token holding block k carries block k's colour and shape,
     and relabelling which block is the target (another task, same scene) changes nothing."""
     env = EnvConfig(res=32, max_distractors=2)
-    suite = world.Suite()  # the id suite
+    suite = config.get_suite(config.read_yaml(Path(__file__).parents[1] / "config.yaml")["suites"],
+                             "id")
     task = torch.tensor(world.task_ids(env) * 2)                           # (B,) 8 worlds
     state, app = world.reset(env, suite, task, torch.Generator().manual_seed(0))
     _, masks = world.render(env, state, app)                               # (B, H, W) uint8
@@ -187,26 +166,25 @@ def test_shuffled_is_a_per_frame_permutation_of_oracle():
 def test_alignment_gradient_reaches_only_layers_up_to_align_layer():
     """The AGRA loss's gradient reaches the projector and blocks[:layer], never later blocks,
     final_layer or the action head (with the adaLN gates perturbed away from zero)."""
-    torch.manual_seed(0)
-    mcfg = ModelConfig(patch=PATCH, width=32, depth=3, heads=2, head_width=32, head_depth=2,
-                       head_heads=2)
     layer = 2
-    model = WAM(mcfg, RES, n_ctx=1, n_future=1, horizon=4, n_tasks=4, align_layer=layer)
+    cfg = make_cfg(layer=layer, proj_hidden=16)
+    cfg.model = ModelConfig(patch=PATCH, width=32, depth=3, heads=2, head_width=32, head_depth=2,
+                            head_heads=2)
+    torch.manual_seed(0)
+    model = WAM(cfg, align_dim=8)
     with torch.no_grad():
         for block in model.blocks:  # zero gates would block the gradient and prove nothing
             block.adaLN_modulation[-1].weight.normal_(0, 0.05)
             block.adaLN_modulation[-1].bias.normal_(0, 0.05)
     batch = {"video": torch.rand(2, 2, 3, RES, RES) * 2 - 1, "actions": torch.rand(2, 4, 2) - 0.5,
              "task": torch.tensor([0, 3])}
-    _, hidden = model.loss(batch, align_layer=layer, align_pass="foresight")  # (B, T*N, D)
-    projector = align.build_projector(32, 16, 8)
-    y = torch.randn(2, 2, GRID, GRID, 8)                                  # (B, T, h, w, Dt)
-    agra_loss(projector, hidden, y, AlignConfig(layer=layer), n_ctx=1).backward()
+    _, z = model(batch)                                                   # (B, T*N, Dt)
+    align_loss(z, torch.randn(2, 2 * GRID * GRID, 8)).backward()
 
     def reached(module):
         return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in projector.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
     for i, block in enumerate(model.blocks):
         assert reached(block) == (i < layer), f"blocks[{i}] reached={reached(block)}, layer={layer}"
     assert not reached(model.final_layer), "gradient reached final_layer"
@@ -214,31 +192,25 @@ def test_alignment_gradient_reaches_only_layers_up_to_align_layer():
 
 
 def test_vit_teacher_random_init_shape_and_grid_mapping(monkeypatch):
-    """The random-init DINOv2 teacher gives float32 (B, T, h, w, 384) whatever its input size, and
-    ViT patch (i, j) lands on token (i, j) (rows stay rows): with a ViT whose patch tokens carry
-    their own row and column, one patch per token gives (i, j), an 8 x 8 ViT grid area-pooled onto
-    4 x 4 tokens gives (2i + 0.5, 2j + 0.5)."""
+    """The random-init DINOv2 teacher gives float32 (B, T, h, w, 384), and ViT patch (i, j) lands
+    on token (i, j) (rows stay rows): with a ViT whose patch tokens carry their own row and
+    column, token (i, j) holds (i, j)."""
     video = torch.rand(2, 2, 3, RES, RES) * 2 - 1                         # (B, T, 3, H, W)
-    for res in [0, 28, 112]:  # 14 * grid (one ViT patch per token), upsampled, area-pooled
-        teacher, name = build_teacher(make_cfg(teacher="random", teacher_res=res))
-        y = teacher({"video": video})
-        assert name == "random" and y.dtype == torch.float32
-        assert y.shape == (2, 2, GRID, GRID, 384), f"teacher_res={res}: {tuple(y.shape)}"
+    teacher, name = build_teacher(make_cfg(teacher="random"))
+    y = teacher({"video": video})
+    assert name == "random" and y.dtype == torch.float32 and teacher.res == 14 * GRID
+    assert y.shape == (2, 2, GRID, GRID, 384), tuple(y.shape)
     rows = torch.arange(GRID, dtype=torch.float32)[:, None].expand(GRID, GRID)   # (h, w)
-    for res, scale, offset in [(0, 1, 0.0), (112, 2, 0.5)]:
-        teacher, _ = build_teacher(make_cfg(teacher="random", teacher_res=res))
-        g = teacher.res // 14                                             # the ViT's patch grid
 
-        # (n, 3, R, R) -> (n, 1 + g*g, Dt): a CLS token, then patch tokens holding row, col
-        def where_am_i(x, g=g, dim=teacher.dim):
-            tok = torch.zeros(x.shape[0], 1 + g * g, dim)
-            k = torch.arange(g * g)
-            tok[:, 1:, 0], tok[:, 1:, 1] = (k // g).float(), (k % g).float()
-            return tok
-        monkeypatch.setattr(teacher.vit, "forward_features", where_am_i)
-        y = teacher({"video": video})                                     # (B, T, h, w, Dt)
-        torch.testing.assert_close(y[..., 0], (scale * rows + offset).expand(2, 2, -1, -1))
-        torch.testing.assert_close(y[..., 1], (scale * rows.T + offset).expand(2, 2, -1, -1))
+    def where_am_i(x, g=GRID, dim=teacher.dim):  # (n, 3, R, R) -> (n, 1 + g*g, Dt): CLS, patches
+        tok = torch.zeros(x.shape[0], 1 + g * g, dim)
+        k = torch.arange(g * g)
+        tok[:, 1:, 0], tok[:, 1:, 1] = (k // g).float(), (k % g).float()
+        return tok
+    monkeypatch.setattr(teacher.vit, "forward_features", where_am_i)
+    y = teacher({"video": video})                                         # (B, T, h, w, Dt)
+    torch.testing.assert_close(y[..., 0], rows.expand(2, 2, -1, -1))
+    torch.testing.assert_close(y[..., 1], rows.T.expand(2, 2, -1, -1))
 
 
 def test_weights_file_round_trip(tmp_path, monkeypatch):
@@ -269,7 +241,7 @@ def test_weights_file_round_trip(tmp_path, monkeypatch):
 def test_weights_file_with_wrong_keys_raises(tmp_path):
     """A weights file that does not match the architecture raises, naming the file and keys."""
     torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match=r"bad\.pt.*missing \['cls_token'.*unexpected \['foo"):
+    with pytest.raises(ValueError, match=r"bad\.pt: not weights of vit_small.*cls_token"):
         build_teacher(make_cfg(teacher="dinov2", teacher_weights=str(tmp_path / "bad.pt")))
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         build_teacher(make_cfg(teacher="dinov2", teacher_weights=str(tmp_path / "nope.pt")))
@@ -298,9 +270,9 @@ def test_cache_matches_direct_computation(tmp_path):
     again = align.teacher_features(cfg, teacher, name, demos)                   # loaded from disk
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     idx = torch.tensor([[5, 0], [2, 3]])                                  # (B, T) frame ids
-    batch = {"video": demos["frames"].flatten(0, 1)[idx].float() / 127.5 - 1, "frame_index": idx}
-    direct = align.teacher_batch(batch, teacher)                                # (B, T, h, w, Dt)
-    torch.testing.assert_close(align.teacher_batch(batch, again), direct, rtol=2e-3, atol=2e-3)
+    batch = {"video": world.to_float(demos["frames"].flatten(0, 1)[idx]), "frame_index": idx}
+    direct = align.targets(batch, teacher, "none")                              # (B, T*N, Dt)
+    torch.testing.assert_close(align.targets(batch, again, "none"), direct, rtol=2e-3, atol=2e-3)
     oracle, oname = build_teacher(make_cfg(tmp_path, teacher="shuffled"))
     assert align.teacher_features(cfg, oracle, oname, demos) is None, "oracle family is not cached"
 
@@ -319,16 +291,14 @@ def test_teacher_precision_follows_the_cpu_and_keys_the_cache(tmp_path, monkeypa
 
 
 def test_bad_config_values_raise():
-    """Unknown teacher, apply_to, frames, normalize, negative weight, layer outside 1..depth,
-    unknown timm name, teacher_res off the ViT patch and too small an oracle_dim all raise."""
+    """Unknown teacher, apply_to, normalize, a negative weight, layer 0, an unknown timm name and
+    too small an oracle_dim all raise, naming the value."""
     for kw, word in [({"teacher": "dino"}, "dino"), ({"apply_to": "pass"}, "pass"),
-                     ({"frames": "middle"}, "middle"), ({"normalize": "l2"}, "l2"),
-                     ({"weight": -1.0}, "weight"), ({"layer": 0}, "layer")]:
+                     ({"normalize": "l2"}, "l2"), ({"weight": -1.0}, "weight"),
+                     ({"layer": 0}, "layer")]:
         with pytest.raises(ValueError, match=word):
             AlignConfig(**kw)
-    for kw, word in [({"layer": 5}, "layer=5"), ({"teacher": "random", "teacher_name": "nope"},
-                                                 "nope"),
-                     ({"teacher": "random", "teacher_res": 50}, "teacher_res=50"),
+    for kw, word in [({"teacher": "random", "teacher_name": "nope"}, "nope"),
                      ({"oracle_dim": 4}, "oracle_dim=4")]:
         with pytest.raises(ValueError, match=word):
             build_teacher(make_cfg(**kw))

@@ -1,19 +1,29 @@
-"""Tests of model.py: attention, adaLN-Zero, rectified flow, the bridge, the two passes, act()."""
+"""Tests of model.py: attention, adaLN-Zero, rectified flow, the bridge, the two passes, AGRA's
+tap, act() and its input checks, the Policy."""
 import pytest
 import torch
+import torch.nn.functional as F
 
-from model import WAM, ModelConfig, attention, bridge_map, flow_pair
+from config import Config, load_config
+from model import WAM, Policy, bridge_map, flow_pair, math_attention
 
 TINY = {"patch": 4, "width": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0, "head_width": 32,
-        "head_depth": 2, "head_heads": 2, "act_steps": 2, "video_steps": 2}
+        "head_depth": 2, "head_heads": 2, "act_steps": 2, "video_steps": 2, "bridge_layer": 1}
 RES, N_CTX, N_FUT, HA, N_TASKS = 16, 1, 1, 4, 4
 N_TOKENS = (N_CTX + N_FUT) * (RES // 4) ** 2  # T*N
 
 
-def make_model(align_layer=1, **overrides):
+def make_cfg(align_layer=1, apply_to="foresight", **model):
+    cfg = Config()
+    cfg.env.res, cfg.data.horizon = RES, HA
+    cfg.model = type(cfg.model)(**{**TINY, **model})
+    cfg.align.layer, cfg.align.apply_to, cfg.align.proj_hidden = align_layer, apply_to, 16
+    return cfg
+
+
+def make_model(align_dim=None, align_layer=1, apply_to="foresight", **model):
     torch.manual_seed(0)
-    mcfg = ModelConfig(**{**TINY, **overrides})
-    return WAM(mcfg, RES, N_CTX, N_FUT, HA, N_TASKS, action_dim=2, align_layer=align_layer)
+    return WAM(make_cfg(align_layer, apply_to, **model), align_dim)
 
 
 def make_batch(b=4, seed=0):
@@ -37,16 +47,11 @@ def test_sdpa_and_math_attention_agree_fp32():
     """Fused SDPA and explicit softmax(QK^T/sqrt(d))V give the same output; math probs sum to 1."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 8, generator=g) for n in (5, 7, 7))
-    out_math, probs = attention(q, k, v, "math", return_attn=True)
-    torch.testing.assert_close(attention(q, k, v, "sdpa"), out_math, msg="sdpa != math in fp32")
-    torch.testing.assert_close(attention(q, k, v, "auto"), out_math, msg="auto != math in fp32")
+    out_math, probs = math_attention(q, k, v)
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v), out_math,
+                               msg="sdpa != math in fp32")
     assert probs.shape == (2, 3, 5, 7), f"probs shape {tuple(probs.shape)}, expected (B,h,Lq,Lk)"
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, 5), msg="probs rows must sum to 1")
-    assert len(attention(q, k, v, "auto", return_attn=True)) == 2, "auto must fall back to math"
-    with pytest.raises(ValueError, match="unknown attention impl 'flash'"):
-        attention(q, k, v, "flash")
-    with pytest.raises(ValueError, match="cannot return probabilities"):
-        attention(q, k, v, "sdpa", return_attn=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 fused kernels need a CUDA GPU")
@@ -55,7 +60,7 @@ def test_sdpa_and_math_attention_agree_bf16_cuda():
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(2, 4, 64, 32, generator=g, device="cuda", dtype=torch.bfloat16)
                for _ in range(3))
-    torch.testing.assert_close(attention(q, k, v, "sdpa"), attention(q, k, v, "math"),
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v), math_attention(q, k, v)[0],
                                atol=2e-2, rtol=2e-2, msg="sdpa != math in bf16 beyond 2e-2")
 
 
@@ -95,13 +100,13 @@ def test_perfect_predictor_gives_zero_loss(monkeypatch):
     monkeypatch.setattr(model, "video_forward", video_oracle)
     monkeypatch.setattr(model.action_head, "forward", action_oracle)
     torch.manual_seed(0)
-    losses, _ = model.loss(batch)
+    losses, _ = model(batch)
     for name, value in losses.items():
         assert value.item() < 1e-8, f"perfect {name} predictor has loss {value.item():.3g}"
 
 
 def test_hidden_state_shapes_for_any_layers():
-    """video_forward returns (B, T*N, D) for exactly the requested 1-based layers, and rejects 0."""
+    """video_forward returns (B, T*N, D) for exactly the requested 1-based layers."""
     model, batch = make_model(), make_batch(b=3)
     t = torch.rand(3, N_CTX + N_FUT)  # (B, T)
     for layers in [(), (1,), (2,), (1, 2)]:
@@ -110,9 +115,6 @@ def test_hidden_state_shapes_for_any_layers():
         assert sorted(hidden) == sorted(layers), f"asked {layers}, got {sorted(hidden)}"
         for h in hidden.values():
             assert h.shape == (3, N_TOKENS, 32), f"hidden shape {tuple(h.shape)}"
-    for bad in (0, 3):
-        with pytest.raises(ValueError, match=rf"layers \[{bad}\] out of range"):
-            model.video_forward(batch["video"], t, batch["task"], (bad,))
 
 
 @pytest.mark.parametrize("depth, head_depth, expected", [
@@ -126,49 +128,53 @@ def test_bridge_mapping(depth, head_depth, expected):
 
 
 def test_single_bridge_reads_one_layer():
-    """bridge 'single' feeds bridge_layer (or, when 0, the align layer) to every action block."""
+    """bridge 'single' feeds model.bridge_layer to every action block; 0 or past depth is refused
+    when the config loads."""
     assert make_model(bridge="single", bridge_layer=2).bridge_layers() == [2, 2]
-    assert make_model(align_layer=1, bridge="single").bridge_layers() == [1, 1]
-    with pytest.raises(ValueError, match="bridge 'single' reads layer 0"):
-        make_model(align_layer=0, bridge="single")
-    with pytest.raises(ValueError, match="model.bridge='both'"):
-        make_model(bridge="both")
+    assert make_model(bridge="single", bridge_layer=1).bridge_layers() == [1, 1]
+    for bad in ["model.bridge_layer=0", "model.bridge_layer=5", "model.bridge='both'"]:
+        with pytest.raises(ValueError, match=bad.split("=")[0]):
+            load_config("config.yaml", [bad])
 
 
 def test_foresight_pass_ignores_future_frames():
-    """The foresight pass (align hidden and action loss) does not change when the future frames do,
-    while the video pass's hidden states do."""
-    model, batch = perturb(make_model()), make_batch()
+    """The foresight pass (AGRA's tap and the action loss) does not change when the future frames
+    do, while the video pass's tap does."""
+    batch = make_batch()
     other = {**batch, "video": batch["video"].clone()}
     other["video"][:, N_CTX:] = torch.rand_like(other["video"][:, N_CTX:])
     results = {}
-    for name, b in [("a", batch), ("b", other)]:
-        for p in ("foresight", "video"):
+    for p in ("foresight", "video"):
+        model = perturb(make_model(align_dim=8, apply_to=p))
+        for name, b in [("a", batch), ("b", other)]:
             torch.manual_seed(0)
-            results[name, p] = model.loss(b, align_layer=1, align_pass=p)
-    (la, ha), (lb, hb) = results["a", "foresight"], results["b", "foresight"]
-    torch.testing.assert_close(ha, hb, msg="foresight hidden depends on the future frames")
+            results[name, p] = model(b)
+    (la, za), (lb, zb) = results["a", "foresight"], results["b", "foresight"]
+    torch.testing.assert_close(za, zb, msg="the foresight tap depends on the future frames")
     torch.testing.assert_close(la["action"], lb["action"], msg="action loss reads the future")
     assert not torch.allclose(results["a", "video"][1], results["b", "video"][1]), \
-        "the video pass's hidden states should see the future frames"
+        "the video pass's tap should see the future frames"
 
 
-def test_loss_returns_align_hidden_from_requested_pass():
-    """loss() returns (B, T*N, D) at align_layer from the chosen pass, None for align_layer 0."""
-    model, batch = perturb(make_model()), make_batch()
-    ctx = batch["video"][:, :N_CTX]
-    losses, h = model.loss(batch, align_layer=1, align_pass="foresight")
-    assert set(losses) == {"video", "action"}, f"loss keys {sorted(losses)}"
-    assert h.shape == (4, N_TOKENS, 32), f"align hidden shape {tuple(h.shape)}"
-    torch.testing.assert_close(h, model.foresight(ctx, batch["task"], [1])[1],
-                               msg="align hidden is not the foresight pass's layer 1")
-    _, h = model.loss(batch, align_layer=2, align_pass="video")
-    assert h.shape == (4, N_TOKENS, 32), f"video-pass align hidden shape {tuple(h.shape)}"
-    assert model.loss(batch)[1] is None, "align_layer=0 must return no hidden"
-    with pytest.raises(ValueError, match="align_pass='noisy'"):
-        model.loss(batch, align_layer=1, align_pass="noisy")
-    with pytest.raises(ValueError, match=r"layers \[3\] out of range"):
-        model.loss(batch, align_layer=3)
+def test_forward_returns_the_projected_tap():
+    """forward's z is the projector on the align layer of the chosen pass, (B, T*N, Dt); a model
+    without a projector (the baseline) returns None and draws the same noise and weights."""
+    batch = make_batch()
+    model = perturb(make_model(align_dim=8, align_layer=1))
+    losses, z = model(batch)
+    assert set(losses) == {"video", "action"} and z.shape == (4, N_TOKENS, 8), tuple(z.shape)
+    h = model.foresight(batch["video"][:, :N_CTX], batch["task"], [1])[1]
+    torch.testing.assert_close(z, model.projector(h), msg="z is not h_phi(foresight layer 1)")
+    base, agra = make_model(), make_model(align_dim=8)
+    assert base.projector is None and base(batch)[1] is None
+    for (k, a), b in zip(base.state_dict().items(), list(agra.state_dict().values())):
+        assert torch.equal(a, b), f"{k}: the projector changed the other weights' init"
+    torch.manual_seed(0)
+    make_model(align_dim=8)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    make_model()
+    assert torch.equal(after, torch.rand(3)), "the projector shifted the random stream"
 
 
 def test_act_deterministic_shape_range():
@@ -192,20 +198,61 @@ def test_act_deterministic_shape_range():
 
 
 def test_bad_inputs_raise():
-    """Wrong shape, dtype, range, task id, noise shape or steps give a ValueError naming the value."""
+    """act() refuses a wrong shape, dtype, range (reported unrounded), task (type, family, shape),
+    noise (shape, NaN), steps and an empty batch, with a message naming the value."""
     model, batch = make_model(), make_batch(b=2)
     frames, task = batch["video"][:, :N_CTX], batch["task"]
-    cases = [(batch["video"], task, {}, "shape"), ((frames * 127).byte(), task, {}, "dtype"),
-             (frames * 2, task, {}, "range"), (frames, torch.tensor([0, N_TASKS]), {}, "task ids"),
-             (frames, task[:1], {}, "task"), (frames, task.float(), {}, "task"),
+    nan = frames.clone()
+    nan[0, 0, 0, 0, 0] = float("nan")
+    cases = [(batch["video"], task, {}, "expected .B >= 1"),
+             (frames[:0], task[:0], {}, r"frames \(0, 1"),
+             ((frames * 127).byte(), task, {}, "uint8 frames: world.to_float"),
+             (frames.double(), task, {}, "dtype torch.float64"),
+             (frames.half(), task, {}, "dtype torch.float16"),
+             (frames.bfloat16(), task, {}, "dtype torch.bfloat16"),
+             (frames.clamp(-1, 1).index_fill(0, torch.tensor([0]), -1.0001), task, {},
+              r"-1.0001\d*, "), (nan, task, {}, "nan"),
+             (frames, torch.tensor([0, 4]), {}, r"expected ids \[0, 1, 2, 3\] \(the reach"),
+             (frames, 1, {}, "task 1; expected a .2,. long tensor"),
+             (frames, [0, 1], {}, r"task \[0, 1\]"), (frames, task[:1], {}, "task"),
+             (frames, task.float(), {}, "task"),
              (frames, task, {"noise": torch.zeros(2, HA, 3)}, "noise"),
-             (frames, task, {"steps": 0}, "steps"), (frames.clone().fill_(float("nan")), task, {},
-                                                     "range")]
+             (frames, task, {"noise": torch.full((2, HA, 2), float("nan"))}, "NaN"),
+             (frames, task, {"steps": 0}, "steps")]
     for f, t, kw, match in cases:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises((ValueError, TypeError), match=match):
             model.act(f, t, **kw)
-    with pytest.raises(ValueError, match="attn='fast'"):
-        make_model(attn="fast")
+
+
+def test_policy_strides_the_context_and_queues_the_chunk():
+    """Policy feeds act() the n_ctx frames `stride` steps apart (the first frame repeated before
+    time 0), plans every `replan` steps and returns the chunk's actions in order."""
+    class Recorder(torch.nn.Module):  # act() records its context, returns chunks numbered by call
+        horizon = 4
+
+        def __init__(self):
+            super().__init__()
+            self.x_embedder, self.seen = torch.nn.Linear(1, 1), []
+
+        def act(self, frames, task, steps=None):
+            self.seen.append(frames[:, :, 0, 0, 0].tolist())
+            step = torch.arange(4.0)[None, :, None] + 10 * len(self.seen)  # (1, Ha, 1)
+            return step.expand(1, 4, 2)
+
+    model = Recorder()
+    policy = Policy(model, n_ctx=2, stride=2, replan=2)
+    task, got = torch.zeros(1, dtype=torch.long), []
+    for t in range(6):  # frame t holds the value t (uint8 -> [-1, 1] by world.to_float)
+        frame = torch.full((1, 3, 4, 4), t, dtype=torch.uint8)
+        got.append(policy.select_action({"frame": frame, "task": task})[0, 0].item())
+    to = [[round((v + 1) * 127.5) for v in ctx[0]] for ctx in model.seen]
+    assert to == [[0, 0], [0, 2], [2, 4]], f"contexts {to}: not 2 frames 2 steps apart"
+    assert got == [10, 11, 20, 21, 30, 31], f"actions {got}: not the first 2 of each chunk"
+    policy.reset()
+    policy.select_action({"frame": torch.zeros(1, 3, 4, 4, dtype=torch.uint8), "task": task})
+    assert [round((v + 1) * 127.5) for v in model.seen[-1][0]] == [0, 0], "reset kept old frames"
+    with pytest.raises(ValueError, match="replan = 5"):
+        Policy(model, 2, 2, 5)
 
 
 def test_tiny_model_overfits_one_batch():
@@ -215,7 +262,7 @@ def test_tiny_model_overfits_one_batch():
     history = []
     for _ in range(150):
         torch.manual_seed(0)  # the same t and eps every step: a fixed regression target
-        losses, _ = model.loss(batch)
+        losses, _ = model(batch)
         (losses["video"] + losses["action"]).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -367,6 +367,8 @@ def from_dict(raw):
           f"= {m.depth} (1-based)")
     check(cfg.eval.replan <= d.horizon, f"eval.replan = {cfg.eval.replan}; expected 1..data."
           f"horizon = {d.horizon}")
+    check(d.n_ctx + d.n_future <= 64, f"data.n_ctx + data.n_future = {d.n_ctx + d.n_future}; "
+          "expected <= 64 frames (model.MAX_FRAMES)")
     check(d.horizon <= cfg.env.max_steps, f"data.horizon = {d.horizon}; expected <= env.max_steps "
           f"= {cfg.env.max_steps}")
     check(cfg.eval.seed != d.seed, f"eval.seed = {cfg.eval.seed} equals data.seed: held-out "

@@ -28,19 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure  # not pyplot: files only, no display backend
 from tqdm import tqdm
 
 import align
 import data
 import world
 from config import get_suite, load_config, pick_device, seeded_rng
-from model import Policy
 from train import build_model, load_checkpoint
 
 IRRELEVANT = ["background", "distractor_color", "distractor_move"]  # pixel edits; target_move matters
@@ -123,7 +119,7 @@ def success_rate(model, cfg, suite, episodes, device):
     tasks = torch.tensor(world.task_ids(env))  # env.task's family
     task = tasks[torch.randint(len(tasks), (episodes,), generator=gen)]         # (B,)
     state, app = world.reset(env, get_suite(cfg.suites, suite), task, gen)
-    policy = Policy(model, dc.n_ctx, dc.stride, cfg.eval.replan)
+    policy = world.Policy(model, dc.n_ctx, dc.stride, cfg.eval.replan)
     r = world.rollout(env, state, app, lambda t, s, frame: policy.select_action(
         {"frame": frame, "task": task}), env.max_steps)
     return r["success"].float().mean().item()
@@ -342,50 +338,47 @@ def latency_part(model, cfg, held, device, out):
 
 # ---- pictures of one run ------------------------------------------------------
 def pictures(out, run, m, cfg, ex, name):
-    """training.png, success.png, curve.png, attention.png and pca.png of one evaluated run."""
+    """training.png (losses), success.png (per suite; per EMA snapshot) and attention.png (the
+    head's attention and the PCA of the tapped layer and the teacher) of one evaluated run."""
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    fig, axes = plt.subplots(1, 4, figsize=(12, 2.8))
-    for ax, col in zip(axes, ["loss", "video", "action", "align"]):
+    fig = Figure(figsize=(12, 2.8))
+    for ax, col in zip(fig.subplots(1, 4), ["loss", "video", "action", "align"]):
         ax.plot([int(r["step"]) for r in rows], [float(r[col]) for r in rows], lw=0.8)
         ax.set(title=f"{name}: {col} loss", xlabel="training step")
     save(fig, out / "training.png")
 
-    def ci(p, n):  # binomial 95% interval, inside [0, 1]
-        h = 1.96 * math.sqrt(max(0.0, p * (1 - p)) / n)
-        return [p - max(0.0, p - h), min(1.0, p + h) - p]
+    def bars(p, n):  # binomial 95% interval, inside [0, 1]
+        h = [1.96 * math.sqrt(max(0.0, x * (1 - x)) / n) for x in p]
+        return [[x - max(0.0, x - e) for x, e in zip(p, h)], [min(1.0, x + e) - x for x, e in zip(p, h)]]
     suites = [k for k in m if k.startswith("success.")]
-    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(suites), 3))
-    p = [m[k] for k in suites]
-    ax.bar(range(len(p)), p, yerr=list(zip(*[ci(x, cfg.eval.episodes) for x in p])), capsize=2)
-    ax.set_xticks(range(len(p)), [k[8:] for k in suites], rotation=40, ha="right", fontsize=7)
-    ax.set(title=f"{name}: closed-loop success ({cfg.eval.episodes} episodes, 95%)",
-           ylabel="success rate", ylim=(0, 1.02))
-    save(fig, out / "success.png")
-    curve = sorted((int(k.split("@")[1]), k.split("@")[0][14:], v) for k, v in m.items()
+    curve = sorted((k.split("@")[0][14:], int(k.split("@")[1]), v) for k, v in m.items()
                    if k.startswith("success_curve."))
-    fig, ax = plt.subplots(figsize=(4, 3))
-    for suite in sorted({c[1] for c in curve}):
-        x, p = zip(*[(s, v) for s, su, v in curve if su == suite])
-        ax.errorbar(x, p, yerr=list(zip(*[ci(v, cfg.eval.curve_episodes) for v in p])),
-                    marker="o", capsize=2, label=suite)
-    ax.set(title=f"{name}: success of the EMA snapshots", xlabel="training step",
-           ylabel="success rate", ylim=(0, 1.02))
-    ax.legend(fontsize=7, title="suite")
-    save(fig, out / "curve.png")
+    fig = Figure(figsize=(5 + 0.4 * len(suites), 3.2))
+    ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1 + 0.4 * len(suites), 4]})
+    p = [m[k] for k in suites]
+    ax.bar(range(len(p)), p, yerr=bars(p, cfg.eval.episodes), capsize=2)
+    ax.set_xticks(range(len(p)), [k[8:] for k in suites], rotation=40, ha="right", fontsize=7)
+    ax.set(title=f"{name}: success per suite", ylabel=f"success rate ({cfg.eval.episodes} "
+           "episodes, 95%)", ylim=(0, 1.02))
+    for suite in sorted({c[0] for c in curve}):
+        x, p = zip(*[(k, v) for s, k, v in curve if s == suite])
+        bx.errorbar(x, p, yerr=bars(p, cfg.eval.curve_episodes), marker="o", capsize=2, label=suite)
+    bx.set(title="success of the EMA snapshots", xlabel="training step", ylim=(0, 1.02))
+    bx.legend(fontsize=7, title="suite")
+    save(fig, out / "success.png")
 
     n, (_, H, W), g = len(ex["frames"]), ex["frames"][0].shape, ex["attn"].shape[-1]
-    fig, axes = plt.subplots(5, n, squeeze=False, figsize=(1.7 * n, 9))
-    pcs = [pca_rgb(ex["student"]), pca_rgb(ex["student"] - ex["student"].mean(0, keepdim=True)),
-           pca_rgb(ex["teacher"])]  # mean over windows removed: content, not the position code
+    fig = Figure(figsize=(1.7 * n, 9))
+    axes = fig.subplots(5, n, squeeze=False)
+    pcs = [pca_rgb(ex["student"]), pca_rgb(without_position(ex["student"])), pca_rgb(ex["teacher"])]
     labels = ["frame, interaction\nregion (cyan)", "head's attention", f"layer {ex['layer']}: PCA",
               "layer, cell mean\nremoved: PCA", f"teacher {ex['teacher_name'][:12]}: PCA"]
+    centres = [(j + 0.5) * W / g for j in range(g)]
     for i in range(n):
-        centres = [(j + 0.5) * W / g for j in range(g)]
-        for r, img in enumerate([ex["frames"][i].permute(1, 2, 0), None, *(x[i] for x in pcs)]):
+        for r, img in enumerate([ex["frames"][i].permute(1, 2, 0)] * 2 + [x[i] for x in pcs]):
             ax = axes[r][i]
-            ax.imshow(ex["frames"][i].permute(1, 2, 0).numpy() if img is None else img.numpy(),
-                      extent=(0, W, H, 0), interpolation="nearest")
+            ax.imshow(img.numpy(), extent=(0, W, H, 0), interpolation="nearest")
             if r < 2:
                 ax.contour(centres, centres, ex["region"][i].float().numpy(), [0.5],
                            colors="cyan", linewidths=0.7)
@@ -409,10 +402,15 @@ def pca_rgb(f):
     return y.view(*f.shape[:3], 3)                                              # (n, h, w, 3)
 
 
+def without_position(f):
+    """Features (n, h, w, D) minus each grid cell's mean over the n windows: what is left is what
+    differs between frames at that cell (the content), not the position code every frame shares."""
+    return f - f.mean(0, keepdim=True)
+
+
 def save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ---- one run ------------------------------------------------------------------

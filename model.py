@@ -19,7 +19,6 @@ from timm.layers import Mlp
 from torch import nn
 
 from config import FAMILIES, TASK_COLORS, seeded_rng
-from world import to_float
 
 MAX_FRAMES = 64  # length of the fixed temporal sin-cos table: T <= 64 frames
 
@@ -177,13 +176,10 @@ class FinalLayer(nn.Module):
 
 class ActionHead(nn.Module):
     """The action DiT: Ha noisy-action tokens conditioned on action timestep + task; block j
-    cross-attends to video layer layers[j] through bridge[j]; outputs the action velocity.
-
-    Three choices make the head read the video from the first steps instead of after a long plateau
-    (measured on a head-only probe, README "Design notes"): the task and timestep embedding is added
-    to the action tokens, not only used by adaLN, so the queries depend on the task at init; the
-    cross-attention's gate starts at 1, not 0; the bridged video tokens get a fixed sin-cos code of
-    their grid cell and frame, so where a token is stays readable whatever the video layer did."""
+    cross-attends to video layer layers[j] through bridge[j]; outputs the action velocity. So that
+    it reads the video from the first steps (results/LOG.md, design notes): the task embedding
+    joins the action tokens, the cross-attention's gate starts at 1, and the bridged tokens carry a
+    fixed sin-cos code of their grid cell and frame."""
 
     def __init__(self, mcfg, layers, horizon, n_tasks, action_dim, grid, n_frames):
         super().__init__()
@@ -202,9 +198,6 @@ class ActionHead(nn.Module):
     def keys_values(self, hidden):
         """Bridge each block's video layer into its cross-attention keys and values, once per
         foresight pass (every Euler step reuses them); hidden {l: (B, T*N, D)}."""
-        missing = [layer for layer in self.layers if layer not in hidden]
-        if missing:
-            raise KeyError(f"hidden has layers {sorted(hidden)}; the action head reads {self.layers}")
         return [block.cross_attn.keys_values(bridge(hidden[layer]) + self.kv_pos)  # (B,heads,T*N,d) x2
                 for block, bridge, layer in zip(self.blocks, self.bridge, self.layers)]
 
@@ -227,9 +220,6 @@ class WAM(nn.Module):
         super().__init__()
         mcfg, d = cfg.model, cfg.data
         D, p, depth, res = mcfg.width, mcfg.patch, mcfg.depth, cfg.env.res
-        if d.n_ctx + d.n_future > MAX_FRAMES:
-            raise ValueError(f"data.n_ctx + data.n_future = {d.n_ctx + d.n_future} frames; "
-                             f"expected <= {MAX_FRAMES}")
         self.mcfg, self.res, self.n_ctx, self.n_future = mcfg, res, d.n_ctx, d.n_future
         self.horizon, self.action_dim = d.horizon, 2
         self.n_tasks = len(FAMILIES) * len(TASK_COLORS)  # every family's ids, one table
@@ -378,28 +368,25 @@ class WAM(nn.Module):
 
     def check_inputs(self, frames, task, noise, noise_shape, steps):
         """The checks of a public call (act, imagine), with one host sync."""
+        want, dtype = (self.n_ctx, 3, self.res, self.res), self.x_embedder.weight.dtype
+        what = lambda x: tuple(x.shape) if torch.is_tensor(x) else repr(x)
         if not (type(steps) is int and steps >= 1):
             raise ValueError(f"steps = {steps!r}; expected an int >= 1")
-        want = (self.n_ctx, 3, self.res, self.res)
-        dtype = self.x_embedder.weight.dtype
-        if not torch.is_tensor(frames) or frames.dim() != 5 or tuple(frames.shape[1:]) != want \
+        if not torch.is_tensor(frames) or frames.dim() != 5 or frames.shape[1:] != want \
                 or len(frames) == 0:
-            got = tuple(frames.shape) if torch.is_tensor(frames) else type(frames).__name__
-            raise ValueError(f"frames {got}; expected (B >= 1, *{want}) {dtype} in [-1, 1]")
+            raise ValueError(f"frames {what(frames)}; expected (B >= 1, *{want}) {dtype} in [-1, 1]")
         if frames.dtype != dtype:
             raise TypeError(f"frames dtype {frames.dtype}; expected {dtype} in [-1, 1] (uint8 "
                             f"frames: world.to_float(frames); other floats: frames.to({dtype}))")
-        B = len(frames)
-        if not torch.is_tensor(task) or task.dtype != torch.long or tuple(task.shape) != (B,):
-            got = f"{tuple(task.shape)} {task.dtype}" if torch.is_tensor(task) else repr(task)
-            raise TypeError(f"task {got}; expected a ({B},) long tensor of ids {self.task_ids}")
-        if noise is not None and (not torch.is_tensor(noise) or tuple(noise.shape) != noise_shape):
-            got = tuple(noise.shape) if torch.is_tensor(noise) else type(noise).__name__
-            raise ValueError(f"noise {got}; expected {noise_shape}")
-        ok = torch.stack([frames.min(), frames.max(), task.min().to(frames), task.max().to(frames),
-                          torch.isfinite(noise).all().to(frames) if noise is not None
-                          else frames.new_ones(())])
-        lo, hi, tlo, thi, finite = ok.tolist()  # the one host sync
+        if not torch.is_tensor(task) or task.dtype != torch.long or task.shape != frames.shape[:1]:
+            raise TypeError(f"task {what(task)}{' ' + str(task.dtype) if torch.is_tensor(task) else ''}"
+                            f"; expected a "
+                            f"({len(frames)},) long tensor of ids {self.task_ids}")
+        if noise is not None and (not torch.is_tensor(noise) or noise.shape != noise_shape):
+            raise ValueError(f"noise {what(noise)}; expected {noise_shape}")
+        finite = frames.new_ones(()) if noise is None else torch.isfinite(noise).all().to(frames)
+        lo, hi, tlo, thi, finite = torch.stack([frames.min(), frames.max(), task.min().to(frames),
+                                                task.max().to(frames), finite]).tolist()  # sync
         if not -1 <= lo <= hi <= 1:  # also catches NaN
             raise ValueError(f"frames range [{lo!r}, {hi!r}]; expected [-1, 1]")
         if tlo < self.task_ids[0] or thi > self.task_ids[-1]:
@@ -413,14 +400,15 @@ class WAM(nn.Module):
         """frames (B, n_ctx, 3, H, W) in [-1, 1], task (B,) -> action chunk (B, Ha, A) in [-1, 1]:
         one foresight pass, then `steps` Euler steps of the action head only."""
         steps = self.mcfg.act_steps if steps is None else steps
-        self.check_inputs(frames, task, noise, (len(frames), self.horizon, self.action_dim), steps)
+        shape = torch.Size([len(frames), self.horizon, self.action_dim])
+        self.check_inputs(frames, task, noise, shape, steps)
         hidden = self.foresight(frames, task, self.bridge_layers())
         return self.sample_actions(hidden, task, steps, noise)
 
     @torch.no_grad()
     def imagine(self, frames, task, steps=None, noise=None):
         """Euler sampling of the future frames: (B, n_ctx, 3, H, W) -> (B, Tf, 3, H, W) in [-1, 1]."""
-        shape = (len(frames), self.n_future, 3, self.res, self.res)
+        shape = torch.Size([len(frames), self.n_future, 3, self.res, self.res])
         steps = self.mcfg.video_steps if steps is None else steps
         self.check_inputs(frames, task, noise, shape, steps)
         x = torch.randn(shape, device=frames.device) if noise is None else noise  # t = 1
@@ -437,45 +425,3 @@ def euler(velocity, x, steps):
         t = torch.full((len(x),), 1 - i / steps, device=x.device)  # (B,)
         x = x - velocity(x, t, i == steps - 1) / steps  # Euler step t -> t - 1/steps
     return x
-
-
-class Policy:
-    """A WAM as a closed-loop policy, in LeRobot's interface. It keeps the frames the context
-    needs (n_ctx frames, `stride` steps apart, the first frame repeated before time 0) and a queue
-    of the current chunk's actions, executing `replan` of them before it plans again.
-        obs = {"frame": (B, 3, H, W) uint8, "task": (B,) long}  ->  action (B, A) in [-1, 1]"""
-
-    def __init__(self, model, n_ctx, stride, replan, steps=None):
-        if not 1 <= replan <= model.horizon:
-            raise ValueError(f"replan = {replan}; expected 1..{model.horizon} (the chunk length)")
-        self.model, self.n_ctx, self.stride, self.replan, self.steps = \
-            model, n_ctx, stride, replan, steps
-        self.reset()
-
-    def reset(self):
-        """Forget the episode: call before each new batch of episodes."""
-        self.frames, self.queue = [], []
-
-    def observe(self, obs):
-        if not self.frames:  # time 0 repeated back to the first context frame
-            self.frames = [obs["frame"]] * ((self.n_ctx - 1) * self.stride + 1)
-        if obs["frame"].shape != self.frames[0].shape:
-            raise ValueError(f"obs['frame'] {tuple(obs['frame'].shape)} after frames of "
-                             f"{tuple(self.frames[0].shape)}; call reset() between episodes")
-        self.frames = self.frames[1:] + [obs["frame"]]
-
-    def predict_action_chunk(self, obs):
-        """The whole chunk (B, Ha, A) for this observation, which joins the history."""
-        self.observe(obs)
-        ctx = torch.stack(self.frames[::self.stride], 1)  # (B, n_ctx, 3, H, W) uint8
-        device = self.model.x_embedder.weight.device
-        chunk = self.model.act(to_float(ctx).to(device), obs["task"].to(device), self.steps)
-        return chunk.to(obs["frame"].device)  # (B, Ha, A)
-
-    def select_action(self, obs):
-        """The next action (B, A): from the queue, or from a new chunk when it is empty."""
-        if self.queue:
-            self.observe(obs)
-        else:
-            self.queue = list(self.predict_action_chunk(obs)[:, :self.replan].unbind(1))
-        return self.queue.pop(0)

@@ -1,5 +1,6 @@
-"""The tabletop world, batched in torch: reset/step/success, the scripted experts, render, and the
-rollout loop. data.py turns it into demonstrations; eval.py runs policies in it.
+"""The tabletop world, batched in torch: reset/step/success, the scripted experts, render, the
+rollout loop, and Policy, a trained WAM as the policy that drives it. data.py turns the world into
+demonstrations; eval.py runs policies in it.
 
 World coordinates are [0, 1]^2, x = column, y = row; pixel (i, j) is centred on ((j + .5) / res,
 (i + .5) / res). Physics treats every block as a disc of radius `size`; shapes are only drawn.
@@ -197,6 +198,48 @@ def rollout(env, state, app, policy, steps, draw=True):
         states.append(state)
     frames, masks = (torch.stack(x, 1) for x in zip(*drawn)) if draw else (None, None)
     return {"states": states, "frames": frames, "masks": masks, "success": done}
+
+
+class Policy:
+    """A WAM as a closed-loop policy, in LeRobot's interface: it keeps the frames the context
+    needs (n_ctx frames `stride` steps apart, the first frame repeated before time 0) and a queue
+    of the chunk's next actions, executing `replan` of them before it plans again.
+        obs = {"frame": (B, 3, H, W) uint8, "task": (B,) long}  ->  action (B, A) in [-1, 1]"""
+
+    def __init__(self, model, n_ctx, stride, replan, steps=None):
+        if not 1 <= replan <= model.horizon:
+            raise ValueError(f"replan = {replan}; expected 1..{model.horizon} (the chunk length)")
+        self.model, self.n_ctx, self.stride, self.replan, self.steps = model, n_ctx, stride, \
+            replan, steps
+        self.reset()
+
+    def reset(self):
+        """Forget the episode: call before each new batch of episodes."""
+        self.frames, self.queue = [], []
+
+    def observe(self, obs):
+        if not self.frames:  # time 0 repeated back to the first context frame
+            self.frames = [obs["frame"]] * ((self.n_ctx - 1) * self.stride + 1)
+        if obs["frame"].shape != self.frames[0].shape:
+            raise ValueError(f"obs['frame'] {tuple(obs['frame'].shape)} after frames of "
+                             f"{tuple(self.frames[0].shape)}; call reset() between episodes")
+        self.frames = self.frames[1:] + [obs["frame"]]
+
+    def predict_action_chunk(self, obs):
+        """The whole chunk (B, Ha, A) for this observation, which joins the history."""
+        self.observe(obs)
+        ctx = torch.stack(self.frames[::self.stride], 1)  # (B, n_ctx, 3, H, W) uint8
+        device = next(self.model.parameters()).device
+        chunk = self.model.act(to_float(ctx).to(device), obs["task"].to(device), self.steps)
+        return chunk.to(obs["frame"].device)  # (B, Ha, A)
+
+    def select_action(self, obs):
+        """The next action (B, A): from the queue, or from a new chunk when it is empty."""
+        if self.queue:
+            self.observe(obs)
+        else:
+            self.queue = list(self.predict_action_chunk(obs)[:, :self.replan].unbind(1))
+        return self.queue.pop(0)
 
 
 def interaction_ids(env):

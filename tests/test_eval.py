@@ -1,24 +1,22 @@
-"""eval.py and plots.py: attention statistics, interventions, the whole evaluation, the report."""
+"""eval.py: attention statistics, interventions, probes, the closed loop, one run's whole
+evaluation and its pictures."""
 
-import itertools
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import eval as ev
-import plots
 import train
 import world
+from config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
-SMALL = ["eval.replan=0", "eval.episodes=16", "eval.batch_size=16", "eval.curve_episodes=8",
-         "eval.heldout_episodes=8", "eval.attn_samples=16", "eval.intervention_samples=16", "eval.probe_samples=32",
+SMALL = ["eval.episodes=16", "eval.curve_episodes=8", "eval.heldout_episodes=8",
+         "eval.attn_samples=16", "eval.intervention_samples=16", "eval.probe_samples=32",
          "eval.probe_steps=20", "eval.psnr_samples=4", "eval.latency_reps=3", "eval.examples=2"]
 
 
@@ -116,84 +114,10 @@ def test_pca_without_position_sees_content_only():
     gen = torch.Generator().manual_seed(0)
     content = torch.randn(6, 4, 4, 16, generator=gen)                          # (n, h, w, D)
     position = 100 * torch.randn(1, 4, 4, 16, generator=gen).expand(6, -1, -1, -1)
-    a = plots.pca_rgb(plots.without_position(content + position))
-    b = plots.pca_rgb(plots.without_position(content))
+    a = ev.pca_rgb(ev.without_position(content + position))
+    b = ev.pca_rgb(ev.without_position(content))
     assert torch.allclose(a, b, atol=1e-3), (a - b).abs().max()
-    assert not torch.allclose(plots.pca_rgb(content + position), b, atol=0.1)  # raw: position wins
-
-
-def test_mean_ci_and_arms(tmp_path):
-    """Three seeds 1, 2, 3 give mean 2 +- 4.303/sqrt(3); runs differing in seed only form one arm."""
-    mu, half, n = plots.mean_ci([1.0, 2.0, 3.0, math.nan])
-    assert (mu, n) == (2.0, 3) and abs(half - 4.303 / 3 ** 0.5) < 1e-9, (mu, half, n)
-    ts = [plots.t975(df) for df in range(1, 200)]  # past the table: 2.0395 at 31, 1.9840 at 100
-    assert all(a > b for a, b in itertools.pairwise(ts)), "t quantiles must fall with the df"
-    assert abs(ts[30] - 2.0395) < 1e-3 and abs(ts[99] - 1.9840) < 1e-3, (ts[30], ts[99])
-    base = {"name": "", "train": {"seed": 0}, "align": {"weight": 0.0}}
-    for name, seed, w in [("x-baseline-s0", 0, 0.0), ("x-baseline-s1", 1, 0.0), ("x-agra-s0", 0, 1)]:
-        (tmp_path / name).mkdir()
-        cfg = {**base, "name": name, "train": {"seed": seed}, "align": {"weight": w}}
-        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(cfg))
-    arms = plots.arms_of(sorted(tmp_path.iterdir()))
-    assert {a: [r.name for r in rs] for a, rs in arms.items()} == {
-        "agra": ["x-agra-s0"], "baseline": ["x-baseline-s0", "x-baseline-s1"]}, arms
-
-
-def test_frozen_arms_group_over_seeds_and_apart_by_pretrain(tmp_path):
-    """Runs started from their own seed's pretrain form one arm; another pretrain, another arm."""
-    for arm, pre in [("frozen", "frozen-pre"), ("frozen-agra", "frozen-agra-pre")]:
-        for seed in (0, 1):
-            name = f"x-{arm}-s{seed}"
-            cfg = {"name": name, "train": {"seed": seed, "init_from": f"runs/x-{pre}-s{seed}/ckpt.pt"}}
-            (tmp_path / name).mkdir()
-            (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(cfg))
-    arms = plots.arms_of(sorted(tmp_path.iterdir()))
-    assert {a: [r.name for r in rs] for a, rs in arms.items()} == {
-        "frozen": ["x-frozen-s0", "x-frozen-s1"],
-        "frozen-agra": ["x-frozen-agra-s0", "x-frozen-agra-s1"]}, arms
-
-
-def test_figures_give_each_arm_its_own_colour_and_skip_missing_points(tmp_path):
-    """Eleven arms get eleven colours (the default cycle has ten) and an arm keeps its colour
-    between figures; an arm without points for a panel is left out of it, not a crash; with no
-    baseline arm the summary has no paired rows rather than rows of nan."""
-    labels = [f"a{i}" for i in range(11)]
-    assert len(set(plots.palette(labels).values())) == 11
-    assert plots.palette(labels[:3]) == {"a0": "C0", "a1": "C1", "a2": "C2"}
-    stats = {"a": {"success_curve.id@10": (0.5, 0.1, 2)}, "b": {"success.id": (1.0, 0.0, 1)}}
-    assert plots.lines(tmp_path / "c.png", stats, "success_curve.", "step") == "c.png"
-    md = plots.summary({"agra": ["r0"]}, {"r0": {"success.id": 1.0, "teacher": "t"}}, {"r0": 0},
-                       "baseline")
-    assert "Paired" not in md and "nan" not in md, md
-
-
-def test_ood_success_is_the_mean_over_the_suites_every_run_has():
-    """OOD success is each run's mean over the suites all runs were evaluated on (a suite only some
-    runs have is named and left out of it); a run without OOD suites has no OOD success (n/a)."""
-    metrics = {"r0": {"success.id": 1.0, "success.a": 0.2, "success.b": 0.6, "teacher": "t"},
-               "r1": {"success.id": 1.0, "success.a": 0.4, "success.b": 0.8, "success.c": 0.0,
-                      "teacher": "t"}}
-    md = plots.summary({"baseline": ["r0", "r1"]}, metrics, {"r0": 0, "r1": 1}, "baseline")
-    assert "| baseline | 2 | t | 1.000 ± 0.000 | 0.500 ± 1.271 |" in md, md
-    assert "not every run has c," in md, md
-    md = plots.summary({"baseline": ["r0"]}, {"r0": {"success.id": 1.0, "teacher": "t"}},
-                       {"r0": 0}, "baseline")
-    assert "| baseline | 1 | t | 1.000 | n/a |" in md, md
-
-
-def test_ablation_table_compares_on_the_ablations_seeds_only():
-    """Ablations run on seed 0 sit beside the baseline and agra rows of seed 0 alone (not the
-    means over every seed), and each gets its paired difference to the baseline."""
-    arms = {"baseline": ["b0", "b1"], "agra": ["a0", "a1"], "abl-x": ["x0"]}
-    seed = {"b0": 0, "b1": 1, "a0": 0, "a1": 1, "x0": 0}
-    metrics = {r: {"success.id": v, "success.far": v / 2, "teacher": "t"}
-               for r, v in [("b0", 0.2), ("b1", 0.4), ("a0", 0.6), ("a1", 1.0), ("x0", 0.8)]}
-    md = plots.summary(arms, metrics, seed, "baseline")
-    assert "| baseline | 2 | t | 0.300 ± 1.271 | 0.150 ± 0.635 |" in md, md
-    assert "| baseline (seed 0) | 1 | t | 0.200 | 0.100 |" in md, md
-    assert "| agra (seed 0) | 1 | t | 0.600 | 0.300 |" in md, md
-    assert "| abl-x | 1 | t | 0.800 | 0.400 |" in md, md
-    assert "| abl-x - baseline | 1 | +0.600 | +0.300 |" in md, md
+    assert not torch.allclose(ev.pca_rgb(content + position), b, atol=0.1)  # raw: position wins
 
 
 @pytest.mark.parametrize("replan", [1, 2])
@@ -201,8 +125,7 @@ def test_closed_loop_feeds_the_right_frames_and_scores_the_expert(monkeypatch, r
     """Driven by the scripted expert, the closed loop scores >= 95% on id (replanning every step);
     each context frame it feeds is the frame of the state at the time data.Dataset would use, and
     step t executes action t % replan of the chunk planned last (the slots differ here)."""
-    cfg = train.load_config(TINY, ["env.max_steps=20", "data.n_ctx=2", f"eval.replan={replan}",
-                                   "eval.batch_size=32"])
+    cfg = load_config(TINY, ["env.max_steps=20", "data.n_ctx=2", f"eval.replan={replan}"])
     log, real_reset, real_step = {}, world.reset, world.step
 
     def reset(env, suite, task, gen):
@@ -216,12 +139,18 @@ def test_closed_loop_feeds_the_right_frames_and_scores_the_expert(monkeypatch, r
         log["states"].append(real_step(env, state, action))
         return log["states"][-1]
 
-    class ExpertPolicy:
+    class ExpertPolicy(torch.nn.Module):  # a model whose act() is the expert, checking its input
+        horizon = cfg.data.horizon
+
+        def __init__(self):
+            super().__init__()
+            self.x_embedder = torch.nn.Linear(1, 1)
+
         def act(self, frames, task, steps=None):
             t = len(log["states"]) - 1
             assert t % replan == 0, f"planned at step {t}, replan {replan}"
-            for i, s in enumerate(ev.context_times(t, 2, cfg.data.stride)):
-                want = world.render(cfg.env, log["states"][s], log["app"])[0] / 127.5 - 1
+            for i, s in enumerate([max(0, t - cfg.data.stride), t]):  # as data.Dataset's windows
+                want = world.to_float(world.render(cfg.env, log["states"][s], log["app"])[0])
                 assert torch.equal(frames[:, i], want), f"context frame {i} at t={t} is not {s}"
             slow = 1 - 0.1 * torch.arange(cfg.data.horizon)[None, :, None]        # (1, Ha, 1)
             log["chunk"] = world.expert(cfg.env, log["states"][-1])[:, None] * slow  # (B, Ha, A)
@@ -233,28 +162,24 @@ def test_closed_loop_feeds_the_right_frames_and_scores_the_expert(monkeypatch, r
     assert replan > 1 or rate >= 0.95, f"the expert scores {rate:.2f} in eval's closed loop"
 
 
-# -----------------------------------------------------------------------------
-# on tiny runs trained here
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A baseline and an AGRA run of the tiny preset, seed 0."""
     tmp = tmp_path_factory.mktemp("eval")
     for name, weight in [("tiny-baseline-s0", 0.0), ("tiny-agra-s0", 0.5)]:
-        train.train(train.load_config(TINY, [f"name={name}", f"train.out_dir={tmp}/runs",
+        train.train(load_config(TINY, [f"name={name}", f"train.out_dir={tmp}/runs",
                                              f"data.cache_dir={tmp}/cache",
                                              f"align.weight={weight}"]))
     return tmp / "runs"
 
 
-@pytest.mark.parametrize("bad", ["eval.episodes=0", "eval.batch_size=0", "eval.probe_steps=-1",
-                                 "eval.replan=-1", "eval.device=tpu"])
+@pytest.mark.parametrize("bad", ["eval.episodes=0", "eval.probe_steps=-1", "eval.replan=-1",
+                                 "eval.replan=3", "eval.device=tpu", "eval.examples=0"])
 def test_bad_eval_values_are_refused_when_the_config_loads(bad):
     """A zero or negative count, or an unknown device, fails when the config loads, naming the key
     and its value, not as a ZeroDivisionError deep inside the evaluation."""
-    with pytest.raises(ValueError, match=bad.replace("tpu", "'tpu'")):
-        train.load_config(TINY, [bad])
+    with pytest.raises(ValueError, match=bad.replace("tpu", "'tpu'").replace("=", " = ")):
+        load_config(TINY, [bad])
 
 
 def test_eval_refuses_the_training_seed_before_any_episode(runs, monkeypatch):
@@ -263,15 +188,15 @@ def test_eval_refuses_the_training_seed_before_any_episode(runs, monkeypatch):
     def no_episodes(*args):
         raise AssertionError("success_rate ran before the seed check")
     monkeypatch.setattr(ev, "success_rate", no_episodes)
-    cfg = train.load_config(runs / "tiny-baseline-s0" / "config.yaml")
-    with pytest.raises(ValueError, match=f"eval.seed={cfg.data.seed} equals data.seed"):
+    cfg = load_config(runs / "tiny-baseline-s0" / "config.yaml")
+    with pytest.raises(ValueError, match=f"eval.seed = {cfg.data.seed} equals data.seed"):
         ev.evaluate(runs / "tiny-baseline-s0", [*SMALL, f"eval.seed={cfg.data.seed}"])
 
 
 def test_psnr_of_a_known_error_is_20_db(monkeypatch):
     """imagine() off by 0.2 on the [-1, 1] scale (0.1 on [0, 1]) everywhere gives exactly 20 dB:
     this pins the scale and that the true frames compared are the future ones, not the context."""
-    cfg = train.load_config(TINY, SMALL)
+    cfg = load_config(TINY, SMALL)
     model, held = train.build_model(cfg).eval(), ev.heldout(cfg)
     video = ev.windows(held[1], cfg.eval.psnr_samples, cfg.eval.seed + 3)["video"]  # the part's
     monkeypatch.setattr(model, "imagine", lambda ctx, task: video[:, cfg.data.n_ctx:] + 0.2)
@@ -283,7 +208,7 @@ def test_probe_labels_are_the_targets_token(monkeypatch):
     """The localization probe's label (world x = column, y = row, row-major tokens like the model's)
     is a token that holds target pixels in the current frame's mask: a swapped axis or a wrong
     frame fails this."""
-    cfg = train.load_config(TINY, SMALL)
+    cfg = load_config(TINY, SMALL)
     model, held = train.build_model(cfg).eval(), ev.heldout(cfg)
     seen = []
     monkeypatch.setattr(ev, "linear_probe", lambda f, labels, *a: seen.append(labels) or 0.0)
@@ -314,7 +239,7 @@ def test_probe_of_a_single_bridge_reads_the_aligned_layer():
     """With every action block reading the aligned layer, the head's-input probe is the aligned
     layer's probe; with the multi-level bridge it reads the bridge's layers (here 1 and 2)."""
     for bridge in ["single", "multi"]:
-        cfg = train.load_config(TINY, [*SMALL, f"model.bridge={bridge}", "align.layer=2"])
+        cfg = load_config(TINY, [*SMALL, f"model.bridge={bridge}", "align.layer=2"])
         model = train.build_model(cfg).eval()
         m = ev.probe_part(model, cfg, ev.heldout(cfg), "cpu", None)
         assert model.bridge_layers() == ([2, 2] if bridge == "single" else [1, 2])
@@ -328,7 +253,7 @@ def test_interventions_measure_only_their_edit(runs):
     """The interventions' zero: on a trained run's interface, with the same noise, every edit of
     no token leaves the action chunk exactly as it was, so every change measured comes from the
     edit; zeroing the interaction region's tokens does change it."""
-    cfg = train.load_config(runs / "tiny-baseline-s0" / "config.yaml", SMALL)
+    cfg = load_config(runs / "tiny-baseline-s0" / "config.yaml", SMALL)
     model = train.build_model(cfg).eval()
     model.load_state_dict(train.load_checkpoint(runs / "tiny-baseline-s0" / "ckpt.pt")["ema"])
     _, ds = ev.heldout(cfg)
@@ -348,12 +273,11 @@ def test_interventions_measure_only_their_edit(runs):
     assert ev.action_change(zeros, a0).min() > 0, "zeroing the region changed no action chunk"
 
 
-def test_whole_eval_writes_every_key_and_reuses_it(runs):
-    """A tiny run's eval writes every documented key and its pictures; a rerun reuses the stored
-    values, and --force recomputes them."""
+def test_whole_eval_writes_every_key_and_its_pictures(runs):
+    """A tiny run's eval writes every documented key and its pictures; examples.pt stays small."""
     run = runs / "tiny-baseline-s0"
     m = ev.evaluate(run, SMALL)
-    cfg = train.load_config(run / "config.yaml", SMALL)
+    cfg = load_config(run / "config.yaml", SMALL)
     steps = [int(p.stem.split("_")[1]) for p in (run / "snapshots").glob("ema_*.pt")]
     keys = {f"success.{s}" for s in cfg.suites} | {f"success_curve.id@{k}" for k in steps}
     keys |= {f"attention.{k}" for k in ["in_mask", "chance", "centroid_error"]}
@@ -375,17 +299,12 @@ def test_whole_eval_writes_every_key_and_reuses_it(runs):
         assert math.isfinite(stored[k]), f"{k} = {stored[k]}"
     assert all(0 <= stored[k] <= 1 for k in keys if k.startswith("success")), "rate outside [0, 1]"
     assert stored["teacher"] == "none", f"baseline teacher {stored['teacher']!r}"
-    for f in ["success.png", "severity.png", "curve.png", "sensitivity.png", "training.png",
-              "attention.png", "pca.png"]:
+    for f in ["success.png", "training.png", "attention.png"]:
         assert (run / "eval" / f).stat().st_size > 0, f"picture {f} missing"
     ex = torch.load(run / "eval" / "examples.pt", weights_only=True)  # kept in results/: small
     data = sum(v.nbytes for v in ex.values() if torch.is_tensor(v))
     size = (run / "eval" / "examples.pt").stat().st_size
     assert size < data + 20_000, f"examples.pt {size} bytes for {data} bytes of tensors"
-    stored["success.id"] = -1.0  # a marker: kept if reused, replaced if recomputed
-    (run / "eval" / "metrics.json").write_text(json.dumps(stored))
-    assert ev.evaluate(run, SMALL)["success.id"] == -1.0, "a finished eval was recomputed"
-    assert ev.evaluate(run, SMALL, force=True)["success.id"] == m["success.id"], "--force ignored"
 
 
 def test_suite_given_on_the_command_line_is_used(runs):
@@ -394,154 +313,6 @@ def test_suite_given_on_the_command_line_is_used(runs):
     ev.main([str(run), "suites.bg_new={'table_colors': [[0.9, 0.2, 0.9]]}",
              "eval.suites=['bg_new']", *SMALL])
     stored = json.loads((run / "eval" / "metrics.json").read_text())
-    meta = json.loads((run / "eval" / "meta.json").read_text())
     assert "success.bg_new" in stored, f"no success.bg_new in {sorted(stored)}"
-    assert meta["suites"]["bg_new"]["table_colors"] == [[0.9, 0.2, 0.9]], meta["suites"]["bg_new"]
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(SystemExit, match="eval suite = 'nope'"):
         ev.main([str(run), "eval.suites=['nope']", *SMALL])
-
-
-def test_report_of_two_runs_has_the_arm_table(runs, tmp_path):
-    """Two tiny runs of two arms give report.md with the arm table, the paired differences to the
-    baseline, the timing table and the plots it links."""
-    ev.main([str(runs / "tiny-baseline-s0"), str(runs / "tiny-agra-s0"), "--out",
-             str(tmp_path), *SMALL])
-    md = (tmp_path / "report.md").read_text()
-    for text in ["| arm | runs | train.seed | teacher | steps |", "| baseline | tiny-baseline-s0 |",
-                 "| agra | tiny-agra-s0 |", "## Paired difference to baseline", "| success.id |",
-                 "## Time (seconds)"]:
-        assert text in md, f"report.md lacks {text!r}"
-    for f in ["success.png", "attention.png", "training.png", "pca_agra.png", "pca_baseline.png"]:
-        assert (tmp_path / f).is_file() and f"({f})" in md, f"{f} not written or not linked"
-
-
-def test_ablations_get_their_own_table_and_pictures(runs, tmp_path, monkeypatch):
-    """An abl-* arm stays out of the headline pictures and gets its own, beside the baseline and
-    agra runs of its seed; summary.md gets the ablation table."""
-    seen, figures = [], plots.figures
-    monkeypatch.setattr(plots, "figures", lambda out, stats, *a: seen.append(sorted(stats))
-                        or figures(out, stats, *a))
-    abl = tmp_path / "tiny-abl-w1-s0"
-    shutil.copytree(runs / "tiny-agra-s0", abl, ignore=shutil.ignore_patterns("eval"))
-    cfg = yaml.safe_load((abl / "config.yaml").read_text())
-    cfg["align"]["weight"], cfg["name"] = 1.0, abl.name
-    (abl / "config.yaml").write_text(yaml.safe_dump(cfg))
-    ev.main([str(runs / "tiny-baseline-s0"), str(runs / "tiny-agra-s0"), str(abl), "--out",
-             str(tmp_path / "rep"), *SMALL])
-    md, summary = (tmp_path / "rep" / "report.md").read_text(), \
-        (tmp_path / "rep" / "summary.md").read_text()
-    assert seen[-1] == ["agra", "baseline"], f"headline pictures drew {seen[-1]}"
-    for f in ["abl_severity.png", "abl_curve.png"]:
-        assert (tmp_path / "rep" / f).is_file() and f"({f})" in md, f"{f} not written or linked"
-    for row in ["| baseline (seed 0) | 1 |", "| agra (seed 0) | 1 |", "| abl-w1 | 1 |"]:
-        assert row in summary.split("Ablations")[1], f"ablation table lacks {row!r}"
-
-
-def test_readme_block_is_filled_from_the_summary(runs, tmp_path):
-    """--readme replaces exactly the marked block with summary.md and keeps the text around it;
-    a file without the markers is an error that names them."""
-    readme = tmp_path / "README.md"
-    out = tmp_path / "rep"
-    readme.write_text(f"before\n<!-- results:{out} -->\nstale\n<!-- /results:{out} -->\nafter\n")
-    args = [str(runs / "tiny-baseline-s0"), str(runs / "tiny-agra-s0"), "--out", str(out), *SMALL]
-    ev.main([*args, "--readme", str(readme)])
-    text = readme.read_text()
-    assert "stale" not in text and text.startswith("before\n") and text.endswith("after\n"), text
-    assert (out / "summary.md").read_text() in text, "summary.md not pasted"
-    assert "| agra - baseline | 1 |" in text, "paired difference row missing"
-    readme.write_text("no markers\n")
-    with pytest.raises(ValueError, match="results:"):
-        ev.main([*args, "--readme", str(readme)])
-
-
-def test_eval_saved_before_a_config_key_existed_is_reused(runs):
-    """A meta.json written before a config key was added (the run used its default) is reused;
-    a real difference in a saved value still recomputes."""
-    run = runs / "tiny-baseline-s0"
-    ev.evaluate(run, SMALL)
-    meta_path, metrics_path = run / "eval" / "meta.json", run / "eval" / "metrics.json"
-    meta = json.loads(meta_path.read_text())
-    del meta["config"]["train"]["freeze"]
-    meta_path.write_text(json.dumps(meta))
-    stored = json.loads(metrics_path.read_text())
-    truth, stored["success.id"] = stored["success.id"], -1.0  # a marker: kept if reused
-    metrics_path.write_text(json.dumps(stored))
-    assert ev.evaluate(run, SMALL)["success.id"] == -1.0, "an eval from before the key was redone"
-    meta["config"]["train"]["ema"] = 0.5  # a value the run did not have
-    meta_path.write_text(json.dumps(meta))
-    assert ev.evaluate(run, SMALL)["success.id"] == truth, "a changed config was not recomputed"
-
-
-def test_eval_saved_before_the_head_input_probe_probes_again(runs):
-    """An evaluation stored without probe.read.* redoes the probes (old probe keys dropped) and
-    reuses everything else."""
-    run = runs / "tiny-agra-s0"
-    fresh = ev.evaluate(run, SMALL)
-    path = run / "eval" / "metrics.json"
-    old = {k: v for k, v in fresh.items() if not k.startswith("probe.read.")}
-    old["probe.chance"], old["success.id"] = 0.25, -1.0  # a key the old probe wrote; a marker
-    path.write_text(json.dumps(old))
-    m = ev.evaluate(run, SMALL)
-    assert m["success.id"] == -1.0, "a part that did not change was recomputed"
-    assert "probe.chance" not in m and m["probe.read.localization_acc"] == fresh[
-        "probe.read.localization_acc"], "the probes were not redone"
-    path.write_text(json.dumps(fresh))  # the module's runs stay as evaluated
-
-
-def test_a_frozen_runs_teacher_names_its_pretrains(tmp_path):
-    """A run started from a pretrain reports its own teacher and the pretrain's (from the config
-    beside the checkpoint), and says '?' when that config is gone."""
-    pre = tmp_path / "pre"
-    pre.mkdir()
-    (pre / "config.yaml").write_text(yaml.safe_dump({"align": {"teacher_used": "oracle"}}))
-    cfg = train.load_config(TINY, ["align.weight=0.0", f"train.init_from={pre}/ckpt.pt"])
-    cfg.align.teacher_used = "none"
-    assert ev.teacher_of(cfg) == "none (pretrain: oracle)"
-    (pre / "config.yaml").unlink()
-    assert ev.teacher_of(cfg) == "none (pretrain: ?)"
-    cfg.train.init_from = ""
-    assert ev.teacher_of(cfg) == "none"
-
-
-def test_training_curves_of_runs_in_progress(tmp_path, monkeypatch):
-    """`python plots.py OUT.png RUN...` draws runs from their metrics.csv so far: the seeds of an
-    arm share its colour, another arm gets another; a folder that is not a run is named in the
-    error."""
-    csv = "step,loss,video,action,align\n25,1.0,0.5,0.5,0.0\n50,0.8,0.4,0.4,0.0\n"
-    for name, weight in [("p-x-s0", 0.5), ("p-x-s1", 0.5), ("p-y-s0", 0.0)]:
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "metrics.csv").write_text(csv)
-        (tmp_path / name / "config.yaml").write_text(
-            f"name: {name}\ntrain: {{seed: {name[-1]}}}\nalign: {{weight: {weight}}}\n")
-    runs = [str(tmp_path / n) for n in ["p-x-s0", "p-x-s1", "p-y-s0"]]
-    plots.main([str(tmp_path / "t.png"), *runs])
-    assert (tmp_path / "t.png").stat().st_size > 0
-    seen = {}
-    monkeypatch.setattr(plots, "training", lambda path, csvs, colors: seen.update(colors))
-    plots.main([str(tmp_path / "t.png"), *runs])
-    c = {Path(r).name: v for r, v in seen.items()}
-    assert c["p-x-s0"] == c["p-x-s1"] == ("C0", "x") and c["p-y-s0"] == ("C1", "y"), c
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="empty is not a run folder"):
-        plots.main([str(tmp_path / "t.png"), str(tmp_path / "empty")])
-
-
-def test_recorded_runs_give_the_same_report(runs, tmp_path):
-    """Run folders without their checkpoints (results/<preset>/runs/*, as study.sh keeps them)
-    give the report the run folders give; one that lost its examples is left out of the pictures
-    and named; a recorded run cannot be evaluated again with overrides."""
-    names = ["tiny-baseline-s0", "tiny-agra-s0"]
-    ev.main([*(str(runs / n) for n in names), "--out", str(tmp_path / "live"), *SMALL])
-    for n in names:
-        shutil.copytree(runs / n, tmp_path / "rec" / n,
-                        ignore=shutil.ignore_patterns("ckpt.pt", "snapshots"))
-    rec = [str(tmp_path / "rec" / n) for n in names]
-    ev.main([*rec, "--out", str(tmp_path / "again")])
-    assert (tmp_path / "again" / "summary.md").read_text() == \
-        (tmp_path / "live" / "summary.md").read_text()
-    (tmp_path / "rec" / names[0] / "eval" / "examples.pt").unlink()
-    ev.main([*rec, "--out", str(tmp_path / "lost")])
-    md = (tmp_path / "lost" / "report.md").read_text()
-    assert "No attention map for baseline" in md and "Attention rows, top to bottom: agra" in md, md
-    with pytest.raises(ValueError, match="tiny-baseline-s0 has no ckpt.pt"):
-        ev.main([*rec, "--out", str(tmp_path / "x"), "eval.episodes=2"])

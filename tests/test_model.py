@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from config import Config, load_config
-from model import WAM, Policy, bridge_map, flow_pair, math_attention
+from model import WAM, bridge_map, flow_pair, math_attention
+from world import Policy
 
 TINY = {"patch": 4, "width": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0, "head_width": 32,
         "head_depth": 2, "head_heads": 2, "act_steps": 2, "video_steps": 2, "bridge_layer": 1}

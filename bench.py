@@ -25,7 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from align import OracleTeacher, align_loss, build_vit, targets, use_bf16
-from config import PALETTE, SHAPES, get_suite, load_config, pick_device
+from config import PALETTE, SHAPES, cli_config, get_suite, pick_device
 from model import math_attention
 from train import build_model
 from world import expert, render, reset, step, task_ids
@@ -248,7 +248,7 @@ def main(argv=None):
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads}; expected >= 1")
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, overrides)
+    cfg = cli_config([args.config, *overrides], "usage: python bench.py [GROUP] [key=value ...]")
     device = pick_device(cfg.train.device)
     ctx = nullcontext() if device == "cpu" else torch.autocast("cuda", dtype=torch.bfloat16)
     name = device_name(device)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 import align
 import data
 import world
-from config import get_suite, load_config, pick_device, seeded_rng
+from config import atomic_save, get_suite, load_config, pick_device, seeded_rng
 from train import build_model, load_checkpoint
 
 IRRELEVANT = ["background", "distractor_color", "distractor_move"]  # pixel edits; target_move matters
@@ -178,8 +178,8 @@ def attention_part(model, cfg, held, device, out, teacher="oracle"):
             "teacher": teacher(ex)[:, cur].float().cpu(), "teacher_name": tname,  # (n, g, g, Dt)
             "task": ex["task"]}
     # clone: torch.save writes a view's whole storage (the batch's), not just the view
-    torch.save({k: v.clone() if torch.is_tensor(v) else v for k, v in pics.items()},
-               out / "examples.pt")
+    atomic_save({k: v.clone() if torch.is_tensor(v) else v for k, v in pics.items()},
+                out / "examples.pt")
     return m
 
 

@@ -257,7 +257,7 @@ def train(cfg):
                                         f"{lr:.3e}", f"{gn.item():.4f}", f"{sps:.1f}"])
             bar.set_postfix({k: f"{v:.3f}" for k, v in vals.items()} | {"smp/s": f"{sps:.0f}"})
         if master and done in snap_steps:
-            torch.save({"ema": ema.state_dict(), "step": done}, out / "snapshots" / f"ema_{done}.pt")
+            atomic_save({"ema": ema.state_dict(), "step": done}, out / "snapshots" / f"ema_{done}.pt")
         if done % tc.ckpt_every == 0 or done == tc.steps:
             checkpoint(done)
     if master:

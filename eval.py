@@ -1,8 +1,8 @@
 """Evaluation of one run: `python eval.py RUN_DIR [RUN_DIR ...] [section.key=value ...]`.
 
 Writes RUN_DIR/eval/metrics.json (flat keys, below), examples.pt (the pictures' inputs) and PNGs:
-training.png, success.png, curve.png, attention.png, pca.png. Overrides apply to every run, e.g.
-eval.episodes=100, or a new suite: "suites.bg_new={'table_colors': [[0.9, 0.2, 0.9]]}".
+training.png, success.png and attention.png (with the PCA pictures). Overrides apply to every
+run, e.g. eval.episodes=100, or a new suite: "suites.bg_new={'table_colors': [[0.9, 0.2, 0.9]]}".
 Comparing runs (arms, seeds, intervals) is the study's: python study/report.py RUN_DIR ...
 
   success.<suite>, success_curve.<suite>@<step>   closed-loop success rate (final EMA; snapshots)

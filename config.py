@@ -177,6 +177,23 @@ class DataConfig:
 
 @dataclass
 @checked
+class VideoConfig:
+    n_clips: int = 0                 # action-free clips (no action labels stored); 0 = none
+    suite: str = "id"                # the suite whose appearance band the clips are drawn from
+    effector: str = "hand"           # who performs them: hand (another embodiment) | gripper
+    seed: int = 1                    # generation seed (other worlds than the demos')
+    ratio: float = 0.5               # share of each batch's windows taken from the clips
+    covered: list = field(default_factory=list)  # OOD suites inside the clips' band (the rest:
+                                     # unseen anywhere); labels for the report, checked by tests
+
+    def check(self):
+        positive(self, "video", ["n_clips"], low=0)
+        check_choice("video.effector", self.effector, ["hand", "gripper"])
+        check(0 <= self.ratio < 1, f"video.ratio = {self.ratio}; expected a share in [0, 1)")
+
+
+@dataclass
+@checked
 class ModelConfig:
     patch: int = 4                   # patch side p in pixels (env.res must be a multiple)
     width: int = 96                  # video DiT width D (multiple of 4 and of heads)
@@ -291,8 +308,8 @@ class EvalConfig:
         check_choice("eval.device", self.device, ["auto", "cpu", "cuda"])
 
 
-SECTIONS = {"env": EnvConfig, "data": DataConfig, "model": ModelConfig, "align": AlignConfig,
-            "train": TrainConfig, "eval": EvalConfig}
+SECTIONS = {"env": EnvConfig, "data": DataConfig, "video": VideoConfig, "model": ModelConfig,
+            "align": AlignConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
 @dataclass
@@ -300,6 +317,7 @@ class Config:
     name: str = "cpu"                # the run folder: runs/<name>/
     env: EnvConfig = field(default_factory=EnvConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     suites: dict = field(default_factory=dict)  # written once, in config.yaml
     model: ModelConfig = field(default_factory=ModelConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
@@ -360,6 +378,10 @@ def from_dict(raw):
     for name in cfg.eval.suites + cfg.eval.curve_suites:
         if name != "all":
             check_choice("eval suite", name, list(cfg.suites))
+    for name in [cfg.video.suite, *cfg.video.covered]:
+        check_choice("video suite", name, list(cfg.suites))
+    check(cfg.video.n_clips == 0 or cfg.video.seed != cfg.data.seed, f"video.seed = {cfg.video.seed} "
+          "equals data.seed: the clips would show the demos' worlds")
     m, d = cfg.model, cfg.data
     check(cfg.env.res % m.patch == 0, f"env.res = {cfg.env.res}; expected a multiple of "
           f"model.patch = {m.patch}")

@@ -20,6 +20,7 @@ import world
 from config import atomic_save, check, cli_config, get_suite
 
 GEN_FIELDS = ["n_episodes", "seed", "expert_noise", "random_action_frac"]  # what the demos depend on
+CLIP_FIELDS = ["n_clips", "suite", "effector", "seed"]  # what the clips depend on
 CHUNK = 1000  # episodes simulated at once; the draws depend on it, so it is fixed, not a knob
 
 
@@ -28,74 +29,123 @@ def make_demos(cfg):
     """Expert demonstrations (see generate_demos) plus "hash", cached in cache_dir/demos-<hash>.pt,
     keyed by env, the generation fields of data and the id suite."""
     key = {"env": asdict(cfg.env), "data": {k: getattr(cfg.data, k) for k in GEN_FIELDS},
-           "id": asdict(get_suite(cfg.suites, "id")), "version": 2}
+           "id": asdict(get_suite(cfg.suites, "id")), "version": 3}
+    return cached(cfg, "demos", key, lambda: generate_demos(cfg.env, cfg.data,
+                                                            get_suite(cfg.suites, "id")))
+
+
+def make_clips(cfg):
+    """Action-free clips of another embodiment (see generate_clips) plus "hash", cached in
+    cache_dir/clips-<hash>.pt; None when video.n_clips is 0."""
+    v = cfg.video
+    if not v.n_clips:
+        return None
+    key = {"env": asdict(cfg.env), "video": {k: getattr(v, k) for k in CLIP_FIELDS},
+           "suite": asdict(get_suite(cfg.suites, v.suite)), "version": 3}
+    return cached(cfg, "clips", key, lambda: generate_clips(cfg.env, v, get_suite(cfg.suites,
+                                                                                  v.suite)))
+
+
+def cached(cfg, kind, key, generate):
     h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(cfg.data.cache_dir) / f"demos-{h}.pt"
+    path = Path(cfg.data.cache_dir) / f"{kind}-{h}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
-    demos = {**generate_demos(cfg.env, cfg.data, get_suite(cfg.suites, "id")), "hash": h}
+    out = {**generate(), "hash": h}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(demos, path)
-    return demos
+    atomic_save(out, path)
+    return out
 
 
-def generate_demos(env, data, suite):
-    """The expert on E episodes of L steps, CHUNK at a time, deterministic from data.seed.
-    Executed actions may be noisy or random; the labels are always the expert's. Returns
-      frames (E, L+1, 3, H, W) uint8   masks (E, L+1, H, W) uint8   actions (E, L, 2) float32
+def episodes(env, suite, E, seed, controller, desc, effector="gripper"):
+    """E episodes of L steps from suite, CHUNK at a time, deterministic from seed; after each
+    chunk's reset, controller(gen, state) gives the chunk's policy step(t, state, frame) -> (n, 2).
+      frames (E, L+1, 3, H, W) uint8   masks (E, L+1, H, W) uint8
       gripper (E, L+1, 2)   blocks (E, L+1, K, 2)   goal (E, 2)   size (E, K)   present (E, K)
       task (E,) long   color, shape (E, K) long   success (E,) bool (at any step)
-      table (E, 3)   texture (E,)   brightness (E,)   tint (E, 3)   (the appearance)"""
-    E, L = data.n_episodes, env.max_steps
-    gen = torch.Generator().manual_seed(data.seed)
+      table (E, 3)   texture (E,)   brightness (E,)   tint (E, 3)   effector (E,) (the appearance)"""
+    L, gen = env.max_steps, torch.Generator().manual_seed(seed)
     tasks = torch.tensor(world.task_ids(env))                                 # (4,) one per colour
     task = tasks[torch.arange(E) % len(tasks)]                                # (E,) balanced
-    parts, bar = [], tqdm(total=E * L, desc=f"expert demos ({env.task}, res {env.res})",
-                          unit="step")
+    parts, bar = [], tqdm(total=E * L, desc=f"{desc} ({env.task}, res {env.res})", unit="step")
     for i in range(0, E, CHUNK):
         state, app = world.reset(env, suite, task[i:i + CHUNK], gen)
-        labels = []
+        app["effector"] = app["effector"] + list(world.EFFECTORS).index(effector)
+        step = controller(gen, state)
 
-        def explore(t, state, frame, labels=labels):  # labels: the expert's; executed: maybe not
-            labels.append(world.expert(env, state))                           # (n, 2)
-            n = len(state["task"])
-            noisy = labels[-1] + data.expert_noise * torch.randn(n, 2, generator=gen)  # (n, 2)
-            rand = torch.rand(n, 2, generator=gen) * 2 - 1                    # (n, 2)
-            random = torch.rand(n, 1, generator=gen) < data.random_action_frac  # (n, 1)
-            bar.update(n)
-            return torch.where(random, rand, noisy).clamp(-1, 1)
-        r = world.rollout(env, state, app, explore, L)
+        def counted(t, s, f, step=step):
+            bar.update(len(s["task"]))
+            return step(t, s, f)
+        r = world.rollout(env, state, app, counted, L)
         parts.append({**app, "goal": state["goal"], "size": state["size"],
                       "present": state["present"], "task": state["task"],
                       "frames": r["frames"], "masks": r["masks"], "success": r["success"],
-                      "actions": torch.stack(labels, 1),                      # (n, L, 2)
                       "gripper": torch.stack([s["gripper"] for s in r["states"]], 1),
                       "blocks": torch.stack([s["blocks"] for s in r["states"]], 1)})
     bar.close()
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
+def generate_demos(env, data, suite):
+    """The robot's demonstrations: episodes() of the scripted expert, deterministic from data.seed,
+    plus actions (E, L, 2) float32, the labels. Executed actions may be noisy or random; the
+    labels are always the expert's."""
+    chunks = []  # the labels of each chunk, (n, 2) per step
+
+    def explore(gen, state):
+        chunks.append([])
+
+        def step(t, state, frame):
+            chunks[-1].append(world.expert(env, state))                      # (n, 2)
+            n = len(state["task"])
+            noisy = chunks[-1][-1] + data.expert_noise * torch.randn(n, 2, generator=gen)
+            rand = torch.rand(n, 2, generator=gen) * 2 - 1                    # (n, 2)
+            random = torch.rand(n, 1, generator=gen) < data.random_action_frac  # (n, 1)
+            return torch.where(random, rand, noisy).clamp(-1, 1)
+        return step
+    out = episodes(env, suite, data.n_episodes, data.seed, explore, "expert demos")
+    return {**out, "actions": torch.cat([torch.stack(c, 1) for c in chunks])}  # (E, L, 2)
+
+
+def generate_clips(env, video, suite):
+    """Action-free clips: episodes() of video.effector over suite, deterministic from video.seed;
+    the hand moves by world.hand with a style drawn per episode, the gripper by the expert. No
+    actions are stored: nothing of them can reach the action loss."""
+    def controller(gen, state):
+        style = torch.rand(len(state["task"]), 2, generator=gen)             # (n, 2)
+        if video.effector == "hand":
+            return lambda t, s, f: world.hand(env, s, style)
+        return lambda t, s, f: world.expert(env, s)
+    return episodes(env, suite, video.n_clips, video.seed, controller,
+                    f"action-free clips, {video.effector}", video.effector)
+
+
 class Dataset(torch.utils.data.Dataset):
-    """Training windows over make_demos output: window i is episode i // W at time t = i % W, with
-    W = L - Ha + 1 windows per episode. Frames before 0 repeat frame 0; frames after L repeat L.
+    """Training windows over make_demos (or make_clips) output: window i is episode i // W at time
+    t = i % W, with W = L - Ha + 1 windows per episode. Frames before 0 repeat frame 0; frames
+    after L repeat L. Clips have no actions: their windows' actions are zeros, never a label (the
+    action loss reads the demos' windows only). frame_index counts from first_frame: the row of
+    the episodes' first frame in a teacher-feature table of demos and clips.
 
         time     t-(n_ctx-1)*stride ... t-stride   t | t+stride ... t+n_future*stride
         video    [ context frames ..................] | [ future frames ................ ]
         actions                                    t, t+1, ..., t+Ha-1
     """
 
-    def __init__(self, demos, data):
-        self.demos, self.data, self.L = demos, data, demos["actions"].shape[1]
+    def __init__(self, demos, data, first_frame=0):
+        self.demos, self.data, self.first = demos, data, first_frame
+        self.E, self.L = demos["frames"].shape[0], demos["frames"].shape[1] - 1
         self.per_ep = self.L - data.horizon + 1
         check(self.per_ep >= 1, f"data.horizon = {data.horizon} exceeds the episode length {self.L}")
         self.frames = demos["frames"].flatten(0, 1)                            # (E*(L+1), 3, H, W)
         self.masks = demos["masks"].flatten(0, 1)                              # (E*(L+1), H, W)
-        self.actions = demos["actions"].flatten(0, 1)                          # (E*L, 2)
+        self.actions = demos["actions"].flatten(0, 1) if "actions" in demos else \
+            torch.zeros(self.E * self.L, 2)                                    # (E*L, 2)
         ctx = torch.arange(-data.n_ctx + 1, 1) * data.stride                   # (n_ctx,)
         self.offsets = torch.cat([ctx, torch.arange(1, data.n_future + 1) * data.stride])  # (T,)
 
     def __len__(self):
-        return self.demos["actions"].shape[0] * self.per_ep
+        return self.E * self.per_ep
 
     def __getitem__(self, i):
         return {k: v[0] for k, v in self.batch(torch.tensor([i])).items()}
@@ -113,7 +163,7 @@ class Dataset(torch.utils.data.Dataset):
                 "masks": self.masks[frame_index],                       # (B, T, H, W) uint8 ids
                 "color": self.demos["color"][e],                        # (B, K) long
                 "shape": self.demos["shape"][e],                        # (B, K) long
-                "frame_index": frame_index}                             # (B, T) long
+                "frame_index": self.first + frame_index}                # (B, T) long
 
 
 # ---- python data.py [config.yaml] [section.key=value ...]: look at the world -
@@ -156,6 +206,20 @@ def main(argv):
         path = out / f"episode-{name}.gif"
         imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=150, loop=0)
         print(path, "(success)" if demos["success"][e] else "(FAILED)")
+    if cfg.video.n_clips:  # the action-free clips: one per task, from their own band
+        clips = generate_clips(env, replace(cfg.video, n_clips=4), get_suite(cfg.suites,
+                                                                             cfg.video.suite))
+        for e, frames in enumerate(clips["frames"]):
+            name = world.TASK_NAMES[int(clips["task"][e])]
+            imgs = []
+            for t, f in enumerate(frames):
+                img = Image.fromarray(f.permute(1, 2, 0).numpy()).resize((big, big), Image.NEAREST)
+                ImageDraw.Draw(img).text((4, 4), f"clip ({cfg.video.effector}, no actions), "
+                                         f"{name}, step {t}", fill="white")
+                imgs.append(img)
+            path = out / f"clip-{name}.gif"
+            imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=150, loop=0)
+            print(path, f"(suite {cfg.video.suite})")
     n = 500  # episodes per suite: standard error under 1 point near 100%
     print(f"expert success, {n} episodes of {env.max_steps} steps, task {env.task}:")
     for name in cfg.suites:

@@ -327,10 +327,13 @@ class WAM(nn.Module):
         video = torch.cat([ctx, noise], 1)  # (B, T, 3, H, W)
         return self._run(video, t_frames, task, set(layers), max(layers))[2]
 
-    def forward(self, batch):
+    def forward(self, batch, n_labelled=None):
         """Both passes on a data batch -> {"video", "action"} flow-matching losses, and z: the
-        projector's output at the tapped layer (B, T*N, Dt), or None without a projector."""
-        video, actions, task = batch["video"], batch["actions"], batch["task"]  # B,T,3,H,W; B,Ha,A
+        projector's output at the tapped layer (B, T*N, Dt), or None without a projector. The
+        video and alignment losses read every window; the action loss the first n_labelled
+        (default: all; 0: the action head does not run, its loss is 0)."""
+        video, task = batch["video"], batch["task"]  # (B, T, 3, H, W), (B,)
+        n = len(video) if n_labelled is None else n_labelled
         tap = [self.align_layer] if self.projector is not None else []
         ctx, x0 = video[:, : self.n_ctx], video[:, self.n_ctx:]  # (B, n_ctx, ...), (B, Tf, ...)
         # (1) video pass: future frames at a random noise level, clean context
@@ -338,13 +341,18 @@ class WAM(nn.Module):
         xt, target = flow_pair(x0, torch.randn_like(x0), t)  # (B, Tf, 3, H, W) each
         v, hidden_video = self.video_forward(torch.cat([ctx, xt], 1), self._t_frames(t), task,
                                              tap if self.align_pass == "video" else [])
-        losses = {"video": F.mse_loss(v, target)}
+        losses = {"video": F.mse_loss(v, target), "action": video.new_zeros(())}
         # (2) foresight pass: future at pure noise; its hidden states feed the action head
-        hidden = self.foresight(ctx, task, self.bridge_layers() + tap)
-        ta = torch.rand(len(video), device=video.device)  # (B,)
-        at, target_a = flow_pair(actions, torch.randn_like(actions), ta)  # (B, Ha, A) each
-        va, _ = self.action_head(at, ta, task, self.action_head.keys_values(hidden))  # (B, Ha, A)
-        losses["action"] = F.mse_loss(va, target_a)
+        layers = (self.bridge_layers() if n else []) + (tap if self.align_pass == "foresight"
+                                                        else [])
+        hidden = self.foresight(ctx, task, layers) if layers else {}
+        if n:
+            actions = batch["actions"][:n]  # (n, Ha, A): the labelled windows come first
+            ta = torch.rand(n, device=video.device)  # (n,)
+            at, target_a = flow_pair(actions, torch.randn_like(actions), ta)  # (n, Ha, A) each
+            kvs = self.action_head.keys_values({k: h[:n] for k, h in hidden.items()})
+            va, _ = self.action_head(at, ta, task[:n], kvs)  # (n, Ha, A)
+            losses["action"] = F.mse_loss(va, target_a)
         if not tap:
             return losses, None
         h = (hidden if self.align_pass == "foresight" else hidden_video)[self.align_layer]

@@ -26,7 +26,7 @@ from tqdm import tqdm
 import world
 from align import align_loss, build_teacher, targets, teacher_features
 from config import atomic_save, cli_config, pick_device, seeded_rng
-from data import Dataset, make_demos
+from data import Dataset, make_clips, make_demos
 from model import WAM
 
 
@@ -138,14 +138,20 @@ def train(cfg):
     torch.manual_seed(tc.seed)
     if ddp and not master:
         torch.distributed.barrier()  # rank 0 writes the demo and teacher caches, the others wait
-    demos = make_demos(cfg)
+    demos, clips = make_demos(cfg), make_clips(cfg)
     ds = Dataset(demos, cfg.data)
+    clip_ds = clips and Dataset(clips, cfg.data, first_frame=demos["frames"].flatten(0, 1).shape[0])
+    n_clip = round(cfg.video.ratio * tc.batch_size) if clips else 0  # windows a batch takes
     teacher = cache = None
     teacher_name = "none"
     if ac.weight > 0:
         with seeded_rng():  # the teacher never shifts the shared RNG stream
             teacher, teacher_name = build_teacher(cfg)
-            cache = teacher_features(cfg, teacher, teacher_name, demos) if ac.cache else None
+            table = demos if clips is None else {  # every frame a window can hold: demos, clips
+                **{k: torch.cat([demos[k], clips[k]]) for k in ["frames", "masks", "color",
+                                                                 "shape", "task"]},
+                "hash": f"{demos['hash']}+{clips['hash']}"}
+            cache = teacher_features(cfg, teacher, teacher_name, table) if ac.cache else None
     if ddp and master:
         torch.distributed.barrier()  # caches written: the other ranks read them now
     model = build_model(cfg, teacher.dim if teacher else None).to(device)
@@ -187,13 +193,16 @@ def train(cfg):
             print(f"resuming {ckpt_path} at step {start}/{tc.steps}")
     fwd = torch.compile(model) if tc.compile else model
     if ddp:
-        fwd = torch.nn.parallel.DistributedDataParallel(
-            fwd, device_ids=None if device == "cpu" else [device])
+        fwd = torch.nn.parallel.DistributedDataParallel(  # no action loss: the head is not run
+            fwd, device_ids=None if device == "cpu" else [device],
+            find_unused_parameters=tc.action_weight == 0)
 
     header = ["step", "loss", "video", "action", "align", "lr", "grad_norm", "samples_per_s"]
     if master:
         print(f"{cfg.name}: teacher {teacher_name}, {sum(p.numel() for p in params):,} trained "
-              f"parameters, {len(ds):,} windows, device {device}")
+              f"parameters, {len(ds):,} labelled windows"
+              + (f" and {len(clip_ds):,} action-free ({n_clip} of each batch)" if clips else "")
+              + f", device {device}")
         (out / "snapshots").mkdir(parents=True, exist_ok=True)
         (out / "samples").mkdir(exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
@@ -228,10 +237,16 @@ def train(cfg):
         lr = get_lr(step, tc)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = batch_indices(step, tc.batch_size, len(ds), tc.seed)[rank::world_size]  # (B/ranks,)
-        batch = {k: v.to(device, non_blocking=True) for k, v in ds.batch(idx).items()}
+        idx = batch_indices(step, tc.batch_size - n_clip, len(ds), tc.seed)[rank::world_size]
+        batch = ds.batch(idx)  # the labelled windows first, then the action-free ones
+        if n_clip:
+            clip = clip_ds.batch(batch_indices(step, n_clip, len(clip_ds), tc.seed + 1)
+                                 [rank::world_size])
+            batch = {k: torch.cat([batch[k], clip[k]]) for k in batch}
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        n_labelled = len(idx) if tc.action_weight > 0 else 0  # 0: the action head does not run
         with ctx:
-            losses, z = fwd(batch)  # z: AGRA's projector on the tapped layer (B, T*N, Dt), or None
+            losses, z = fwd(batch, n_labelled)  # z: AGRA's projected tap (B, T*N, Dt), or None
             loss = tc.video_weight * losses["video"] + tc.action_weight * losses["action"]
             if z is not None:  # AGRA: minus the cosine to the teacher's patch features, weighted
                 y = targets(batch, cache if cache is not None else teacher, ac.normalize)

@@ -18,6 +18,9 @@ from config import FAMILIES, PALETTE, SHAPES, TASK_COLORS, TEXTURES, check
 
 BACKGROUND, GRIPPER, GOAL, TARGET = 0, 1, 2, 3  # mask ids; block k >= 1 (distractor k-1) is 3 + k
 GRIPPER_RGB, GOAL_RGB = [0.10, 0.10, 0.12], [0.90, 0.90, 0.84]
+# who moves the end effector: the robot's gripper (a black disc, the demos), or another embodiment
+# (the action-free clips): a skin-coloured cross of the same physics, moved by world.hand
+EFFECTORS = {"gripper": (GRIPPER_RGB, "disc"), "hand": ([0.93, 0.71, 0.56], "cross")}
 LEVELS, STENCIL = 17, 32  # texture grey levels (the middle one = plain); shape stencil side
 
 
@@ -133,7 +136,8 @@ def reset(env, suite, task, gen):
            "texture": pick([TEXTURES.index(t) for t in suite.textures], B),      # (B,)
            "brightness": U(suite.brightness, B),                                 # (B,)
            "tint": tint / tint.norm(dim=1, keepdim=True).clamp_min(1e-6) * U(suite.tint, B, 1),
-           "color": color, "shape": shape}                                       # (B, K) each
+           "color": color, "shape": shape,                                       # (B, K) each
+           "effector": torch.zeros(B, dtype=torch.long, device=dev)}  # (B,) the gripper: 0
     return state, app
 
 
@@ -281,6 +285,17 @@ def expert(env, state):
     return a / a.abs().amax(-1, keepdim=True).clamp_min(1)                    # keep the direction
 
 
+def hand(env, state, style):
+    """The other embodiment's controller: the expert's heading turned by a fixed angle and slowed
+    by a fixed factor per episode, style (B, 2) in [0, 1]^2 -> (B, 2) actions in [-1, 1]: a turn
+    of -30..30 degrees, a speed of 0.6..1 of the expert's, so it takes other paths than the robot."""
+    a = expert(env, state)                                                    # (B, 2)
+    turn = (style[:, 0] - 0.5) * math.pi / 3                                  # (B,)
+    cos, sin = turn.cos()[:, None], turn.sin()[:, None]                       # (B, 1) each
+    a = torch.cat([cos * a[:, :1] - sin * a[:, 1:], sin * a[:, :1] + cos * a[:, 1:]], 1)
+    return (a * (0.6 + 0.4 * style[:, 1:])).clamp(-1, 1)                      # (B, 2)
+
+
 def normalize_actions(velocity, env):
     """Gripper displacement per step (world units) -> action in [-1, 1] (what the dataset holds)."""
     return velocity / env.max_speed
@@ -360,14 +375,17 @@ def render(env, state, app):
         frames[w] = torch.gather(lut, 2, levels[t].expand(len(w), 3, HW))      # (n_t, 3, H*W)
     palette = torch.tensor([[0, 0, 0], GRIPPER_RGB, GOAL_RGB, *PALETTE.values()],
                            device=dev)                                         # (3+colours, 3)
-    rgb = torch.cat([palette[:3].expand(B, 3, 3), palette[3 + app["color"]]], 1)  # (B, 3+K, 3)
+    eff_rgb = torch.tensor([c for c, _ in EFFECTORS.values()], device=dev)[app["effector"]]
+    rgb = torch.cat([palette[:1].expand(B, 1, 3), eff_rgb[:, None], palette[2:3].expand(B, 1, 3),
+                     palette[3 + app["color"]]], 1)                            # (B, 3+K, 3)
     rgb = (rgb * light).clamp(0, 1).mul(255).round().to(torch.uint8)           # (B, 3+K, 3) by id
     masks = torch.zeros(B * HW, dtype=torch.uint8, device=dev)                 # (B*H*W,)
     one = torch.ones(B, dtype=torch.long, device=dev)                          # (B,)
     ents = [(GOAL, state["goal"], env.goal_size / 0.9, one * SHAPES.index("square"), one > 0)]
     ents += [(TARGET + k, state["blocks"][:, k], s[:, k], app["shape"][:, k],
               state["present"][:, k]) for k in [*range(1, K), 0]]  # the target over distractors
-    ents += [(GRIPPER, state["gripper"], env.gripper_radius, one * SHAPES.index("disc"), one > 0)]
+    eff_shape = torch.tensor([SHAPES.index(s) for _, s in EFFECTORS.values()], device=dev)
+    ents += [(GRIPPER, state["gripper"], env.gripper_radius, eff_shape[app["effector"]], one > 0)]
     covered = []
     for eid, center, half, shape, vis in ents:
         covered.append(_cover(res, center, one * half, shape, vis))            # (n_e,)

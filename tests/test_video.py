@@ -1,0 +1,139 @@
+"""Action-free clips of another embodiment and co-training: the clips hold no actions, the action
+loss reads only the labelled windows, no clips is exactly the robot-only WAM, and the regime
+preset's suites lie inside or outside the clips' band as they say."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import train
+import world
+from config import get_suite, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def clip_cfg(tmp_path, *extra):
+    return load_config(TINY, [f"data.cache_dir={tmp_path}", "video.n_clips=8",
+                              f"train.out_dir={tmp_path}/runs", *extra])
+
+
+def test_clips_hold_no_actions_and_show_the_hand(tmp_path):
+    """Clips store frames and masks of the hand (its colour on the gripper's mask id) and no
+    actions; the same worlds drawn with the gripper differ only on the effector's pixels."""
+    cfg = clip_cfg(tmp_path)
+    clips = data.make_clips(cfg)
+    assert "actions" not in clips and clips["frames"].shape[:2] == (8, cfg.env.max_steps + 1)
+    assert (clips["effector"] == 1).all(), "the clips are not the hand's"
+    env, suite = cfg.env, get_suite(cfg.suites, "id")
+    state, app = world.reset(env, suite, torch.tensor([0, 1]), torch.Generator().manual_seed(0))
+    app = {**app, "brightness": torch.ones(2), "tint": torch.zeros(2, 3)}   # neutral light
+    f0, m0 = world.render(env, state, app)
+    f1, m1 = world.render(env, state, {**app, "effector": torch.ones(2, dtype=torch.long)})
+    differ = (f0 != f1).any(1)                                               # (B, H, W)
+    assert differ.any() and not differ[(m0 != world.GRIPPER) & (m1 != world.GRIPPER)].any(), \
+        "the hand changed pixels that are not the end effector's"
+    hand = (torch.tensor(world.EFFECTORS["hand"][0]) * 255).round().to(torch.uint8)  # (3,)
+    pixels = f1.permute(0, 2, 3, 1)[m1 == world.GRIPPER]                     # (n, 3)
+    assert len(pixels) and (pixels == hand).all(), "hand pixels lack the hand's colour"
+
+
+def test_the_hand_mostly_reaches_its_target():
+    """The hand's own controller (turned and slowed expert headings) still reaches the target in
+    most reach episodes, so the clips show the task being done, by other paths than the robot's."""
+    env = load_config(TINY, ["env.max_steps=16"]).env
+    suite = get_suite(load_config(TINY).suites, "id")
+    task = torch.tensor(world.task_ids(env)).repeat(64)                      # (256,)
+    gen = torch.Generator().manual_seed(0)
+    state, app = world.reset(env, suite, task, gen)
+    style = torch.rand(len(task), 2, generator=gen)
+    r = world.rollout(env, state, app, lambda t, s, f: world.hand(env, s, style), env.max_steps,
+                      draw=False)
+    robot = world.rollout(env, state, app, lambda t, s, f: world.expert(env, s), env.max_steps,
+                          draw=False)
+    assert r["success"].float().mean() > 0.8, f"hand success {r['success'].float().mean():.2f}"
+    paths = torch.stack([s["gripper"] for s in r["states"]]) - \
+        torch.stack([s["gripper"] for s in robot["states"]])
+    assert paths.norm(dim=-1).amax(0).mean() > 0.02, "the hand moves like the robot"
+
+
+def test_action_loss_reads_only_the_labelled_windows(tmp_path):
+    """With n_labelled windows first, changing the other windows' actions leaves every loss as it
+    was, changing their frames moves the video loss; n_labelled=0 never runs the action head."""
+    cfg = clip_cfg(tmp_path)
+    model = train.build_model(cfg, cfg.align.oracle_dim)
+    ds = data.Dataset(data.make_demos(cfg), cfg.data)
+    batch = ds.batch(torch.arange(8))
+    other = {**batch, "actions": batch["actions"].clone()}
+    other["actions"][5:] = 0.9
+    torch.manual_seed(0)
+    a = model(batch, 5)[0]
+    torch.manual_seed(0)
+    b = model(other, 5)[0]
+    assert all(torch.equal(a[k], b[k]) for k in a), "an unlabelled window's actions were read"
+    moved = {**batch, "video": batch["video"].clone()}
+    moved["video"][5:] = -1
+    torch.manual_seed(0)
+    assert not torch.equal(model(moved, 5)[0]["video"], a["video"]), "unlabelled frames unused"
+
+    def never(*args, **kw):
+        raise AssertionError("the action head ran with no action loss")
+    model.action_head.forward = never
+    losses, z = model(batch, 0)
+    assert losses["action"].item() == 0 and z is not None
+
+
+def test_co_training_runs_and_no_clips_is_the_robot_only_run(tmp_path):
+    """A tiny co-training run trains and logs; with video.n_clips=0 a run is bit for bit the run
+    of a config without the video section's effect (the same weights as the default tiny run)."""
+    out = train.train(clip_cfg(tmp_path, "name=co", "train.steps=6"))
+    assert (out / "ckpt.pt").exists()
+    a = train.train(load_config(TINY, [f"data.cache_dir={tmp_path}", "name=a", "train.steps=6",
+                                       f"train.out_dir={tmp_path}/runs"]))
+    b = train.train(load_config(TINY, [f"data.cache_dir={tmp_path}", "name=b", "train.steps=6",
+                                       f"train.out_dir={tmp_path}/runs", "video.ratio=0.25"]))
+    wa = torch.load(a / "ckpt.pt", weights_only=True)["model"]
+    wb = torch.load(b / "ckpt.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "a video knob moved a run without clips"
+
+
+def band_violations(suites, name, band, inside):
+    """Fields suite `name` changes that lie outside (inside=True) or inside (inside=False) the
+    band suite's values; the distractor count is not an appearance and is skipped when outside."""
+    ref, s, bad = get_suite(suites, band), get_suite(suites, name), []
+    for key in suites[name]:
+        a, b = getattr(ref, key), getattr(s, key)
+        if key == "table_colors":
+            near = [any(max(abs(x - y) for x, y in zip(c, c0)) <= ref.table_jitter + s.table_jitter
+                        for c0 in a) for c in b]
+            hit = all(near) if inside else not any(near)
+        elif isinstance(b[0], str):
+            hit = set(b) <= set(a) if inside else not set(b) & set(a)
+        elif key == "n_distractors" and not inside:
+            hit = True
+        else:
+            hit = (a[0] <= b[0] and b[1] <= a[1]) if inside else (b[0] > a[1] or b[1] < a[0])
+        if not hit:
+            bad.append(f"{name}.{key} = {b} against {band}'s {a}")
+    return bad
+
+
+def test_regime_suites_are_covered_or_unseen_as_marked():
+    """In configs/regime.yaml every covered suite's values lie inside the clips' band, and every
+    other OOD suite's outside both the clips' band and the lab (so 'unseen anywhere' is true)."""
+    cfg = load_config(ROOT / "configs" / "regime.yaml")
+    ood = [s for s in cfg.eval.suites if s != "id"]
+    assert set(cfg.video.covered) < set(ood), cfg.video.covered
+    bad = []
+    for name in ood:
+        if name in cfg.video.covered:
+            bad += band_violations(cfg.suites, name, cfg.video.suite, inside=True)
+        else:
+            bad += band_violations(cfg.suites, name, cfg.video.suite, inside=False)
+        bad += band_violations(cfg.suites, name, "id", inside=False)
+    assert not bad, "\n".join(bad)
+    with pytest.raises(ValueError, match="video.seed = 0 equals data.seed"):
+        load_config(ROOT / "configs" / "regime.yaml", ["video.seed=0"])

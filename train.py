@@ -152,6 +152,7 @@ def train(cfg):
                                                                  "shape", "task"]},
                 "hash": f"{demos['hash']}+{clips['hash']}"}
             cache = teacher_features(cfg, teacher, teacher_name, table) if ac.cache else None
+    source = cache if cache is not None else teacher  # where the alignment targets come from
     if ddp and master:
         torch.distributed.barrier()  # caches written: the other ranks read them now
     model = build_model(cfg, teacher.dim if teacher else None).to(device)
@@ -249,7 +250,7 @@ def train(cfg):
             losses, z = fwd(batch, n_labelled)  # z: AGRA's projected tap (B, T*N, Dt), or None
             loss = tc.video_weight * losses["video"] + tc.action_weight * losses["action"]
             if z is not None:  # AGRA: minus the cosine to the teacher's patch features, weighted
-                y = targets(batch, cache if cache is not None else teacher, ac.normalize)
+                y = targets(batch, source, ac.normalize)
                 losses["align"] = align_loss(z, y)  # y: (B, T*N, Dt), normalized per frame
                 loss = loss + ac.weight * losses["align"]
         if not torch.isfinite(loss):

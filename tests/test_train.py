@@ -113,7 +113,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("preset", ["config.yaml", "configs/tiny.yaml", "configs/quick.yaml",
-                                    "configs/cpu.yaml", "configs/gpu.yaml"])
+                                    "configs/regime.yaml", "configs/cpu.yaml", "configs/gpu.yaml"])
 def test_every_preset_builds_and_takes_a_step(preset):
     """Every preset's model with the AGRA projector takes one training step (both passes, the
     oracle-teacher loss, backward) on two windows of the preset's shapes: finite losses, a

@@ -246,12 +246,17 @@ def demo_batch(demos, idx, device):
             "task": demos["task"][ep].to(device), "frame_index": idx[:, None].to(device)}
 
 
-def teacher_features(cfg, teacher, used_name, demos, chunk=256):
-    """Features of every demo frame, (E*(L+1), h, w, Dt) float16, computed once (on the GPU when
-    there is one) and kept in cfg.data.cache_dir; None for the oracle family, which is computed
-    from the masks per batch instead (exact, and cheaper than gathering from a table)."""
+def teacher_features(cfg, teacher, used_name, demos, clips=None, chunk=256):
+    """Features of every demo frame, then every clip frame (the rows batch["frame_index"] counts),
+    (E*(L+1), h, w, Dt) float16, computed once (on the GPU when there is one) and kept in
+    cfg.data.cache_dir; None for the oracle family, which is computed from the masks per batch
+    instead (exact, and cheaper than gathering from a table)."""
     if isinstance(teacher, OracleTeacher):
         return None
+    if clips is not None:  # one table of every frame a window can hold
+        demos = {**{k: torch.cat([demos[k], clips[k]]) for k in ["frames", "masks", "color",
+                                                                  "shape", "task"]},
+                 "hash": f"{demos['hash']}+{clips['hash']}"}
     E, L1, _, H, _ = demos["frames"].shape
     n, grid = E * L1, teacher.grid
     device = "cuda" if torch.cuda.is_available() else "cpu"

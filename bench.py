@@ -246,7 +246,7 @@ def main(argv=None):
     args.group = groups[0] if groups else "all"
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads {args.threads}; expected >= 1")
+            raise SystemExit(f"error: --threads {args.threads}; expected >= 1")
         torch.set_num_threads(args.threads)
     cfg = cli_config([args.config, *overrides], "usage: python bench.py [GROUP] [key=value ...]")
     device = pick_device(cfg.train.device)

@@ -166,7 +166,7 @@ class DataConfig:
     horizon: int = 4                 # action chunk length Ha
     expert_noise: float = 0.0        # std of Gaussian noise on executed actions (labels stay clean)
     random_action_frac: float = 0.3  # share of steps that execute a uniform random action instead
-    cache_dir: str = "cache"         # demos-<hash>.pt and teacher_<hash>.pt live here
+    cache_dir: str = "cache"         # demos-, clips-<hash>.pt and teacher_<hash>.pt live here
 
     def check(self):
         positive(self, "data", ["n_episodes", "n_ctx", "n_future", "stride", "horizon"])
@@ -184,7 +184,7 @@ class VideoConfig:
     seed: int = 1                    # generation seed (other worlds than the demos')
     ratio: float = 0.5               # share of each batch's windows taken from the clips
     covered: list = field(default_factory=list)  # OOD suites inside the clips' band (the rest:
-                                     # unseen anywhere); labels for the report, checked by tests
+                                     # unseen anywhere): a label for readers, checked by tests
 
     def check(self):
         positive(self, "video", ["n_clips"], low=0)
@@ -233,7 +233,7 @@ class AlignConfig:
     normalize: str = "spatial"       # none | spatial (standardise teacher features per frame)
     proj_hidden: int = 128           # projector MLP: D -> proj_hidden -> proj_hidden -> Dt
     oracle_dim: int = 64             # Dt of the oracle teachers (>= their entity kinds)
-    cache: bool = True               # ViT teachers: every demo frame's features once, on disk
+    cache: bool = True               # ViT teachers: every demo and clip frame's features, on disk
 
     def check(self):
         check_choice("align.teacher", self.teacher, TEACHERS)
@@ -373,15 +373,24 @@ def from_dict(raw):
                              for k, v in section.items()})
     cfg = Config(name=check_type("name", raw.get("name", Config.name), str),
                  suites=check_type("suites", raw.get("suites", {}), dict), **sections)
-    for suite in cfg.suites:
-        get_suite(cfg.suites, suite)  # every suite's keys and values now, not mid-eval
-    for name in cfg.eval.suites + cfg.eval.curve_suites:
-        if name != "all":
-            check_choice("eval suite", name, list(cfg.suites))
-    for name in [cfg.video.suite, *cfg.video.covered]:
-        check_choice("video suite", name, list(cfg.suites))
-    check(cfg.video.n_clips == 0 or cfg.video.seed != cfg.data.seed, f"video.seed = {cfg.video.seed} "
-          "equals data.seed: the clips would show the demos' worlds")
+    for suite in cfg.suites:  # every suite's keys and values now, not mid-eval
+        n = get_suite(cfg.suites, suite).n_distractors[1]
+        check(n <= cfg.env.max_distractors, f"suites.{suite}.n_distractors reaches {n}; expected "
+              f"<= env.max_distractors = {cfg.env.max_distractors}")
+    for key in ["suites", "curve_suites"]:
+        names = getattr(cfg.eval, key)
+        for name in names if names != ["all"] else []:  # [all]: every suite
+            check_choice(f"eval.{key} entry", name, list(cfg.suites))
+    check_choice("video.suite", cfg.video.suite, list(cfg.suites))
+    for name in cfg.video.covered:
+        check_choice("video.covered entry", name, list(cfg.suites))
+    v, B = cfg.video, cfg.train.batch_size
+    if v.n_clips:
+        check(v.seed not in (cfg.data.seed, cfg.eval.seed), f"video.seed = {v.seed} equals "
+              "data.seed or eval.seed: the clips would show the demos' or the evaluation's worlds")
+        check(1 <= round(v.ratio * B) <= B - 1, f"video.ratio = {v.ratio} gives "
+              f"{round(v.ratio * B)} of train.batch_size = {B} windows from the clips; expected "
+              "1..batch_size - 1 (labelled windows and clips in every batch)")
     m, d = cfg.model, cfg.data
     check(cfg.env.res % m.patch == 0, f"env.res = {cfg.env.res}; expected a multiple of "
           f"model.patch = {m.patch}")
@@ -420,7 +429,7 @@ def cli_config(argv, usage):
         raise SystemExit(usage)
     try:
         return load_config(argv[0], argv[1:])
-    except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
+    except (KeyError, ValueError, TypeError, FileNotFoundError, yaml.YAMLError) as e:
         raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
 
 

@@ -420,6 +420,7 @@ def evaluate(run, overrides=()):
     cfg = load_config(run / "config.yaml", overrides)
     ec, out, device = cfg.eval, run / "eval", pick_device(cfg.eval.device)
     suites = list(cfg.suites) if ec.suites == ["all"] else ec.suites
+    curves = list(cfg.suites) if ec.curve_suites == ["all"] else ec.curve_suites
     ckpt = load_checkpoint(run / "ckpt.pt", device)
     proj = ckpt["ema"].get("projector.4.weight")  # AGRA's projector: (Dt, proj_hidden)
 
@@ -430,7 +431,7 @@ def evaluate(run, overrides=()):
     model = load(ckpt["ema"])
     snaps = sorted(int(p.stem.split("_")[1]) for p in run.glob("snapshots/ema_*.pt"))
     todo = [("success", s) for s in suites]
-    todo += [("success_curve", f"{s}@{k}") for k in snaps for s in ec.curve_suites]
+    todo += [("success_curve", f"{s}@{k}") for k in snaps for s in curves]
     todo += [(part, "") for part in PARTS]
     out.mkdir(exist_ok=True)
     m, times, held = {}, {}, None

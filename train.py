@@ -1,7 +1,7 @@
 """Training: `python train.py CONFIG [section.key=value ...]`.
 
-Builds the demonstrations, the world action model and (when align.weight > 0) the AGRA teacher,
-then runs one plain loop. Writes runs/<name>/: config.yaml, metrics.csv, ckpt.pt, snapshots/,
+Builds the demonstrations (and the action-free clips, with video.n_clips > 0), the world action
+model and (when align.weight > 0) the AGRA teacher, then runs one plain loop. Writes runs/<name>/: config.yaml, metrics.csv, ckpt.pt, snapshots/,
 samples/. Running the same command again resumes from ckpt.pt and ends where an uninterrupted run
 would. Multi-GPU: torchrun --nproc_per_node=N train.py CONFIG
 """
@@ -114,6 +114,29 @@ def save_samples(model, ds, path, step, n=4):
 # -----------------------------------------------------------------------------
 
 
+def preflight(cfg, world_size=1):
+    """The checks that need more than the config (ranks, files, an existing run): before any work."""
+    tc = cfg.train
+    n_clip = round(cfg.video.ratio * tc.batch_size) if cfg.video.n_clips else 0
+    for what, n in [("train.batch_size", tc.batch_size), ("its labelled windows",
+                     tc.batch_size - n_clip), ("its clip windows", n_clip)]:
+        if n % world_size:
+            raise ValueError(f"{what}: {n} must divide by the {world_size} ranks")
+    if tc.init_from and not Path(tc.init_from).is_file():
+        raise FileNotFoundError(f"train.init_from = '{tc.init_from}' is not a file; expected a "
+                                "run's ckpt.pt (for example runs/<pretrain>/ckpt.pt)")
+    ckpt_path = Path(tc.out_dir) / cfg.name / "ckpt.pt"
+    if ckpt_path.exists():
+        want, had = asdict(cfg), load_checkpoint(ckpt_path)["config"]
+        diff = [f"{s}.{k}" for s in want if isinstance(want[s], dict) and s != "suites"
+                for k in want[s] if want[s][k] != had.get(s, {}).get(k)]
+        diff += [s for s in want if not isinstance(want[s], dict) or s == "suites"
+                 if want[s] != had.get(s)]
+        if diff:
+            raise ValueError(f"{ckpt_path} was trained with a different config ({', '.join(diff)}); "
+                             "use another name= or move the run away")
+
+
 def train(cfg):
     tc, ac = cfg.train, cfg.align
     ddp = int(os.environ.get("RANK", "-1")) != -1  # is this a ddp run?
@@ -125,11 +148,7 @@ def train(cfg):
             torch.cuda.set_device(device)
     else:
         rank, world_size, device = 0, 1, pick_device(tc.device)
-    if tc.batch_size % world_size:
-        raise ValueError(f"train.batch_size = {tc.batch_size} must divide by the {world_size} ranks")
-    if tc.init_from and not Path(tc.init_from).is_file():
-        raise FileNotFoundError(f"train.init_from = '{tc.init_from}' is not a file; expected a "
-                                "run's ckpt.pt (for example runs/<pretrain>/ckpt.pt)")
+    preflight(cfg, world_size)
     master = rank == 0
     ctx = nullcontext() if device == "cpu" else torch.autocast("cuda", dtype=torch.bfloat16)
     out = Path(tc.out_dir) / cfg.name
@@ -147,11 +166,8 @@ def train(cfg):
     if ac.weight > 0:
         with seeded_rng():  # the teacher never shifts the shared RNG stream
             teacher, teacher_name = build_teacher(cfg)
-            table = demos if clips is None else {  # every frame a window can hold: demos, clips
-                **{k: torch.cat([demos[k], clips[k]]) for k in ["frames", "masks", "color",
-                                                                 "shape", "task"]},
-                "hash": f"{demos['hash']}+{clips['hash']}"}
-            cache = teacher_features(cfg, teacher, teacher_name, table) if ac.cache else None
+            cache = teacher_features(cfg, teacher, teacher_name, demos, clips) if ac.cache \
+                else None
     source = cache if cache is not None else teacher  # where the alignment targets come from
     if ddp and master:
         torch.distributed.barrier()  # caches written: the other ranks read them now
@@ -173,15 +189,7 @@ def train(cfg):
 
     start = 0
     if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, device)
-        want, had = asdict(cfg), ckpt["config"]
-        diff = [f"{s}.{k}" for s in want if isinstance(want[s], dict) and s != "suites"
-                for k in want[s] if want[s][k] != had.get(s, {}).get(k)]
-        diff += [s for s in want if not isinstance(want[s], dict) or s == "suites"
-                 if want[s] != had.get(s)]
-        if diff:
-            raise ValueError(f"{ckpt_path} was trained with a different config ({', '.join(diff)}); "
-                             "use another name= or move the run away")
+        ckpt = load_checkpoint(ckpt_path, device)  # its config: checked by preflight
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -286,7 +294,12 @@ def train(cfg):
 
 
 def main(argv):
-    train(cli_config(argv, "usage: python train.py CONFIG [section.key=value ...]"))
+    cfg = cli_config(argv, "usage: python train.py CONFIG [section.key=value ...]")
+    try:  # a bad path, rank count or an existing run of another config: one line, no traceback
+        preflight(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}") from None
+    train(cfg)
 
 
 if __name__ == "__main__":

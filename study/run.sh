@@ -90,7 +90,7 @@ run_one() {  # arm seed
   local rec="$out/runs/$name" f  # the record; eval/metrics.json last: it marks the run finished
   mkdir -p "$rec/eval"
   cp "runs/$name/config.yaml" "runs/$name/metrics.csv" "$rec/" || return 1
-  for f in "runs/$name/eval/"*; do  # what eval.py wrote: examples.pt, pca.png and the other PNGs
+  for f in "runs/$name/eval/"*; do  # what eval.py wrote: examples.pt and the PNGs
     if [ "${f##*/}" != metrics.json ]; then cp -r "$f" "$rec/eval/" || return 1; fi
   done
   cp "runs/$name/eval/metrics.json" "$rec/eval/" || return 1

@@ -53,6 +53,8 @@ def test_overrides_reach_the_dataclasses():
     ("eval.replan=5", ValueError, "eval.replan = 5; expected 1..data.horizon = 4"),
     ("eval.seed=0", ValueError, "eval.seed = 0 equals data.seed"),
     ("eval.suites=['id', 'ligthing@1']", ValueError, "did you mean 'lighting@1'"),
+    ("eval.curve_suites=['all', 'id']", ValueError, "eval.curve_suites entry = 'all'"),
+    ("env.max_distractors=2", ValueError, "suites.distractors@1.n_distractors reaches 3"),
     ("model.patch=5", ValueError, "env.res = 32; expected a multiple of model.patch = 5"),
     ("train.freeze='video'", ValueError, "a frozen video model cannot be aligned"),
     ("train.ema=1.0", ValueError, r"train.ema = 1.0; expected in \[0, 1\)"),
@@ -82,6 +84,8 @@ def test_base_cycle_and_missing_file_raise(tmp_path):
     ("train.py", ["nope.yaml"], "nope.yaml does not exist"),
     ("data.py", ["config.yaml", "env.res='big'"], "env.res = 'big'"),
     ("eval.py", ["runs/does-not-exist"], "is not a run folder"),
+    ("train.py", ["configs/tiny.yaml", "train.init_from=nope.pt"], "'nope.pt' is not a file"),
+    ("bench.py", ["--threads", "0"], "--threads 0; expected >= 1"),
 ])
 def test_command_line_errors_are_one_line(script, args, named):
     """A bad key, value, path or run folder on a command line exits with one line naming it,

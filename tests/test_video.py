@@ -100,6 +100,21 @@ def test_co_training_runs_and_no_clips_is_the_robot_only_run(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "a video knob moved a run without clips"
 
 
+def test_the_feature_cache_serves_clip_windows_their_own_frames(tmp_path):
+    """With clips, the ViT feature cache holds the demos' frames then the clips'; a clip window's
+    frame_index (offset past every demo frame) gathers the features of its own frames."""
+    import align
+    cfg = clip_cfg(tmp_path, "align.teacher=random")
+    demos, clips = data.make_demos(cfg), data.make_clips(cfg)
+    teacher, name = align.build_teacher(cfg)
+    cache = align.teacher_features(cfg, teacher, name, demos, clips)
+    assert len(cache) == (len(demos["frames"]) + len(clips["frames"])) * (cfg.env.max_steps + 1)
+    ds = data.Dataset(clips, cfg.data, first_frame=demos["frames"].flatten(0, 1).shape[0])
+    batch = ds.batch(torch.tensor([0, len(ds) - 1]))
+    torch.testing.assert_close(align.targets(batch, cache, "none"),
+                               align.targets(batch, teacher, "none"), rtol=2e-3, atol=2e-3)
+
+
 def band_violations(suites, name, band, inside):
     """Fields suite `name` changes that lie outside (inside=True) or inside (inside=False) the
     band suite's values; the distractor count is not an appearance and is skipped when outside."""
@@ -137,3 +152,9 @@ def test_regime_suites_are_covered_or_unseen_as_marked():
     assert not bad, "\n".join(bad)
     with pytest.raises(ValueError, match="video.seed = 0 equals data.seed"):
         load_config(ROOT / "configs" / "regime.yaml", ["video.seed=0"])
+    for ratio, n in [(0.99, 63), (0.001, 0)]:  # 63 of 64 is fine; 0 of 64 is not
+        if n:
+            load_config(ROOT / "configs" / "regime.yaml", [f"video.ratio={ratio}"])
+        else:
+            with pytest.raises(ValueError, match="gives 0 of train.batch_size = 64"):
+                load_config(ROOT / "configs" / "regime.yaml", [f"video.ratio={ratio}"])

@@ -314,5 +314,5 @@ def test_suite_given_on_the_command_line_is_used(runs):
              "eval.suites=['bg_new']", *SMALL])
     stored = json.loads((run / "eval" / "metrics.json").read_text())
     assert "success.bg_new" in stored, f"no success.bg_new in {sorted(stored)}"
-    with pytest.raises(SystemExit, match="eval suite = 'nope'"):
+    with pytest.raises(SystemExit, match="eval.suites entry = 'nope'"):
         ev.main([str(run), "eval.suites=['nope']", *SMALL])

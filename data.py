@@ -196,30 +196,22 @@ def main(argv):
     clean = replace(cfg.data, n_episodes=4, expert_noise=0.0, random_action_frac=0.0)  # 1 per task
     demos = generate_demos(env, clean, get_suite(cfg.suites, "id"))
     big = env.res * max(1, 256 // env.res)
-    for e, frames in enumerate(demos["frames"]):                             # (L+1, 3, H, W)
-        name = world.TASK_NAMES[int(demos["task"][e])]
-        imgs = []
-        for t, f in enumerate(frames):
-            img = Image.fromarray(f.permute(1, 2, 0).numpy()).resize((big, big), Image.NEAREST)
-            ImageDraw.Draw(img).text((4, 4), f"expert, {name}, step {t}", fill="white")
-            imgs.append(img)
-        path = out / f"episode-{name}.gif"
-        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=150, loop=0)
-        print(path, "(success)" if demos["success"][e] else "(FAILED)")
-    if cfg.video.n_clips:  # the action-free clips: one per task, from their own band
-        clips = generate_clips(env, replace(cfg.video, n_clips=4), get_suite(cfg.suites,
-                                                                             cfg.video.suite))
-        for e, frames in enumerate(clips["frames"]):
-            name = world.TASK_NAMES[int(clips["task"][e])]
-            imgs = []
+
+    def gifs(episodes, kind, label):  # one GIF per episode, each frame labelled with its step
+        for e, frames in enumerate(episodes["frames"]):                      # (L+1, 3, H, W)
+            name, imgs = world.TASK_NAMES[int(episodes["task"][e])], []
             for t, f in enumerate(frames):
                 img = Image.fromarray(f.permute(1, 2, 0).numpy()).resize((big, big), Image.NEAREST)
-                ImageDraw.Draw(img).text((4, 4), f"clip ({cfg.video.effector}, no actions), "
-                                         f"{name}, step {t}", fill="white")
+                ImageDraw.Draw(img).text((4, 4), f"{label}, {name}, step {t}", fill="white")
                 imgs.append(img)
-            path = out / f"clip-{name}.gif"
+            path = out / f"{kind}-{name}.gif"
             imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=150, loop=0)
-            print(path, f"(suite {cfg.video.suite})")
+            print(path, "(success)" if episodes["success"][e] else "(not solved)")
+    gifs(demos, "episode", "expert")
+    if cfg.video.n_clips:  # the action-free clips: one per task, from their own band
+        gifs(generate_clips(env, replace(cfg.video, n_clips=4),
+                            get_suite(cfg.suites, cfg.video.suite)),
+             "clip", f"clip ({cfg.video.effector}, no actions)")
     n = 500  # episodes per suite: standard error under 1 point near 100%
     print(f"expert success, {n} episodes of {env.max_steps} steps, task {env.task}:")
     for name in cfg.suites:

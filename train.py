@@ -57,9 +57,9 @@ def batch_indices(step, batch_size, n, seed):
     return perm[off:off + batch_size]                                           # (B,)
 
 
-def load_checkpoint(path, device="cpu"):
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
+def load_checkpoint(path, device="cpu", mmap=False):
+    try:  # mmap: tensors stay on disk until read (preflight reads the config alone)
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:  # any unreadable file: say which and stop, never restart from zero
         raise RuntimeError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
                            "restore it, or move it away to train from scratch") from e
@@ -127,7 +127,7 @@ def preflight(cfg, world_size=1):
                                 "run's ckpt.pt (for example runs/<pretrain>/ckpt.pt)")
     ckpt_path = Path(tc.out_dir) / cfg.name / "ckpt.pt"
     if ckpt_path.exists():
-        want, had = asdict(cfg), load_checkpoint(ckpt_path)["config"]
+        want, had = asdict(cfg), load_checkpoint(ckpt_path, mmap=True)["config"]
         diff = [f"{s}.{k}" for s in want if isinstance(want[s], dict) and s != "suites"
                 for k in want[s] if want[s][k] != had.get(s, {}).get(k)]
         diff += [s for s in want if not isinstance(want[s], dict) or s == "suites"

@@ -3,7 +3,8 @@
 Builds the demonstrations (and the action-free clips, with video.n_clips > 0), the world action
 model and (when align.weight > 0) the AGRA teacher, then runs one plain loop. Writes
 runs/<name>/: config.yaml, metrics.csv, ckpt.pt, snapshots/, samples/. Running the same command
-again resumes from ckpt.pt and ends where an uninterrupted run would. Multi-GPU: torchrun --nproc_per_node=N train.py CONFIG
+again resumes from ckpt.pt and ends where an uninterrupted run would.
+Multi-GPU: torchrun --nproc_per_node=N train.py CONFIG
 """
 
 import copy

@@ -230,6 +230,7 @@ class AlignConfig:
     strict_teacher: bool = False     # dinov2 without weights: error, not a loud oracle fallback
     layer: int = 2                   # 1-based video layer aligned: the output of blocks[layer-1]
     apply_to: str = "foresight"      # which pass is aligned: foresight (the head reads) | video
+    windows: str = "all"             # which windows' tokens are aligned: all | demos | clips
     normalize: str = "spatial"       # none | spatial (standardise teacher features per frame)
     proj_hidden: int = 128           # projector MLP: D -> proj_hidden -> proj_hidden -> Dt
     oracle_dim: int = 64             # Dt of the oracle teachers (>= their entity kinds)
@@ -238,6 +239,7 @@ class AlignConfig:
     def check(self):
         check_choice("align.teacher", self.teacher, TEACHERS)
         check_choice("align.apply_to", self.apply_to, ["foresight", "video"])
+        check_choice("align.windows", self.windows, ["all", "demos", "clips"])
         check_choice("align.normalize", self.normalize, ["none", "spatial"])
         check(self.weight >= 0, f"align.weight = {self.weight}; expected >= 0 (0 = baseline)")
         positive(self, "align", ["layer", "proj_hidden", "oracle_dim"])
@@ -391,6 +393,8 @@ def from_dict(raw):
         check(1 <= round(v.ratio * B) <= B - 1, f"video.ratio = {v.ratio} gives "
               f"{round(v.ratio * B)} of train.batch_size = {B} windows from the clips; expected "
               "1..batch_size - 1 (labelled windows and clips in every batch)")
+    check(cfg.align.windows != "clips" or v.n_clips, "align.windows = 'clips' with video.n_clips "
+          "= 0: there are no clip windows to align; expected video.n_clips > 0")
     m, d = cfg.model, cfg.data
     check(cfg.env.res % m.patch == 0, f"env.res = {cfg.env.res}; expected a multiple of "
           f"model.patch = {m.patch}")

@@ -259,8 +259,10 @@ def train(cfg):
             losses, z = fwd(batch, n_labelled)  # z: AGRA's projected tap (B, T*N, Dt), or None
             loss = tc.video_weight * losses["video"] + tc.action_weight * losses["action"]
             if z is not None:  # AGRA: minus the cosine to the teacher's patch features, weighted
-                y = targets(batch, source, ac.normalize)
-                losses["align"] = align_loss(z, y)  # y: (B, T*N, Dt), normalized per frame
+                y = targets(batch, source, ac.normalize)  # (B, T*N, Dt), normalized per frame
+                rows = {"all": slice(None), "demos": slice(len(idx)),
+                        "clips": slice(len(idx), None)}[ac.windows]  # the demos' windows first
+                losses["align"] = align_loss(z[rows], y[rows])
                 loss = loss + ac.weight * losses["align"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: the loss is {loss.item()} ("

@@ -3,6 +3,9 @@
 #   bash study/run.sh cpu     # seeds 0-2, one-knob ablations, seeds 3-4, frozen backbone
 #                             # (configs/cpu.yaml; results/cpu/)
 #   SEEDS="0 1 2" bash study/run.sh cpu headline     # fewer seeds, headline only
+#   bash study/run.sh regime  # the paper's regime (configs/regime.yaml; results/regime/): its 2x2
+#                             # and the controls (seeds 0-2), the demo-count sweep and the
+#                             # ablations (seed 0), then seeds 3-4
 #   JOBS=2 bash study/run.sh cpu     # runs at once, each on nproc / JOBS threads (default 2 on 2
 #                                    # cores: one thread each is faster in sum than two for one run)
 #   PYTHON=/path/to/python bash study/run.sh cpu     # the interpreter (default: python)
@@ -16,9 +19,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."  # the repository root: train.py, eval.py, configs/, runs/, results/
 preset=${1:-cpu}
-part=${2:-all}                  # headline | ablations | all
-case $part in headline | ablations | all) ;;
-  *) echo "study/run.sh: part '$part'; expected headline, ablations or all" >&2; exit 2 ;; esac
+part=${2:-all}                  # headline | sweep (regime) | ablations | all
+case $part in headline | sweep | ablations | all) ;;
+  *) echo "study/run.sh: part '$part'; expected headline, sweep, ablations or all" >&2; exit 2 ;;
+esac
 seeds=${SEEDS:-"0 1 2 3 4"}     # 5: with 3 the arms' intervals overlapped
 jobs=${JOBS:-2}
 case $jobs in '' | *[!0-9]* | 0)
@@ -31,41 +35,74 @@ mkdir -p "$out/runs"
 log="$out/study.log"
 
 # arm name -> the only overrides that differ from the preset (nothing else changes between arms)
-declare -A ARMS=(
-  [baseline]="align.weight=0.0"
-  [agra]="align.teacher=oracle"
-  [agra-random]="align.teacher=random"
-  [agra-shuffled]="align.teacher=shuffled"
-)
-headline=(baseline agra agra-random agra-shuffled)
-if [ -n "${DINOV2_WEIGHTS:-}" ]; then  # a user's local DINOv2 state dict adds the real-teacher arm
-  ARMS[agra-dinov2]="align.teacher=dinov2 align.teacher_weights=$DINOV2_WEIGHTS"
-  ARMS[agra-dinov2]+=" align.strict_teacher=True"
-  headline+=(agra-dinov2)
+declare -A ARMS PRE  # PRE: an arm's video-only pretrain, trained first (the frozen backbone)
+if [ "$preset" = regime ]; then
+  # the paper's regime (configs/regime.yaml: 500 lab demos, 4,000 hand clips): its 2x2 of WAM and
+  # AGRA with and without the action-free clips, and both controls with the clips
+  ARMS=(
+    [wam-clips]="align.weight=0.0"
+    [agra-clips]="align.teacher=oracle"
+    [wam]="align.weight=0.0 video.n_clips=0"
+    [agra]="align.teacher=oracle video.n_clips=0"
+    [agra-random-clips]="align.teacher=random"
+    [agra-shuffled-clips]="align.teacher=shuffled"
+  )
+  headline=(wam-clips agra-clips wam agra agra-random-clips agra-shuffled-clips)
+  sweep=()  # seed 0: success against the demonstration count (500 is the headline's)
+  for n in 125 250 1000; do
+    ARMS[wam-clips-d$n]="align.weight=0.0 data.n_episodes=$n"
+    ARMS[agra-clips-d$n]="align.teacher=oracle data.n_episodes=$n"
+    sweep+=("wam-clips-d$n" "agra-clips-d$n")
+  done
+  # ablations (seed 0), one knob from agra-clips: the aligned layer at 1/4 and 3/4 depth (2/4 is
+  # the preset's), every action block reading the aligned layer, and which windows are aligned
+  ARMS+=(
+    [abl-layer1]="align.layer=1"
+    [abl-layer3]="align.layer=3"
+    [abl-bridge_single]="model.bridge=single"
+    [abl-align_clips]="align.windows=clips"
+    [abl-align_demos]="align.windows=demos"
+  )
+  ablations=(abl-layer1 abl-layer3 abl-bridge_single abl-align_clips abl-align_demos)
+  late=()
+else
+  ARMS=(
+    [baseline]="align.weight=0.0"
+    [agra]="align.teacher=oracle"
+    [agra-random]="align.teacher=random"
+    [agra-shuffled]="align.teacher=shuffled"
+  )
+  headline=(baseline agra agra-random agra-shuffled)
+  sweep=()
+  # ablations (seed 0): the paper's questions, each one knob away from `agra`
+  ARMS+=(
+    [abl-oracle_task]="align.teacher=oracle_task"
+    [abl-layer3]="align.layer=3"
+    [abl-video_pass]="align.apply_to=video"
+    [abl-bridge_single]="model.bridge=single"
+    [abl-norm_none]="align.normalize=none"
+    [abl-weight0.1]="align.weight=0.1"
+    [abl-weight2]="align.weight=2.0"
+  )
+  # the frozen backbone: a video-only pretrain (action loss off) of the same seed and length, then
+  # the action head trained alone on its fixed EMA video model; -agra pretrains with the alignment
+  PRE=(
+    [abl-frozen]="align.weight=0.0 train.action_weight=0.0"
+    [abl-frozen-agra]="align.teacher=oracle train.action_weight=0.0"
+  )
+  ARMS+=(
+    [abl-frozen]="align.weight=0.0 train.freeze=video"
+    [abl-frozen-agra]="align.weight=0.0 train.freeze=video"
+  )
+  ablations=(abl-oracle_task abl-layer3 abl-video_pass abl-bridge_single abl-norm_none
+             abl-weight0.1 abl-weight2)
+  late=(abl-frozen abl-frozen-agra)  # the issue's "if time allows": after every headline seed
 fi
-# ablations (seed 0): the paper's questions, each one knob away from `agra`
-ARMS+=(
-  [abl-oracle_task]="align.teacher=oracle_task"
-  [abl-layer3]="align.layer=3"
-  [abl-video_pass]="align.apply_to=video"
-  [abl-bridge_single]="model.bridge=single"
-  [abl-norm_none]="align.normalize=none"
-  [abl-weight0.1]="align.weight=0.1"
-  [abl-weight2]="align.weight=2.0"
-)
-# the frozen backbone: a video-only pretrain (action loss off) of the same seed and length, then
-# the action head trained alone on its fixed EMA video model; -agra pretrains with the alignment on
-declare -A PRE=(
-  [abl-frozen]="align.weight=0.0 train.action_weight=0.0"
-  [abl-frozen-agra]="align.teacher=oracle train.action_weight=0.0"
-)
-ARMS+=(
-  [abl-frozen]="align.weight=0.0 train.freeze=video"
-  [abl-frozen-agra]="align.weight=0.0 train.freeze=video"
-)
-ablations=(abl-oracle_task abl-layer3 abl-video_pass abl-bridge_single abl-norm_none abl-weight0.1
-           abl-weight2)
-late=(abl-frozen abl-frozen-agra)  # the issue's "if time allows": after every headline seed
+if [ -n "${DINOV2_WEIGHTS:-}" ]; then  # a user's local DINOv2 state dict adds the real-teacher arm
+  dino=agra-dinov2${sweep:+-clips}     # (the regime's, with the clips, like its other AGRA arms)
+  ARMS[$dino]="align.teacher=dinov2 align.teacher_weights=$DINOV2_WEIGHTS align.strict_teacher=True"
+  headline+=("$dino")
+fi
 
 run_one() {  # arm seed
   local arm=$1 seed=$2 name="$preset-$1-s$2"
@@ -99,7 +136,7 @@ run_one() {  # arm seed
 }
 
 # "arm seed", in the order they should finish: seeds outer, so each seed is a pairing; with `all`
-# the first three seeds, then the one-knob ablations, then the other seeds, then the frozen
+# the first three seeds, then the sweep and the one-knob ablations, then the other seeds, then the frozen
 # backbone (two trainings each), so the smallest complete study (three seeds per arm and the
 # one-knob ablations) is in first and the headline's five seeds before the optional ablations
 queue=()
@@ -109,12 +146,18 @@ add_headline() {  # seed ...
 }
 if [ "$part" = headline ]; then add_headline "${seed_list[@]}"; fi
 if [ "$part" = all ]; then add_headline "${seed_list[@]:0:3}"; fi
+if [ "$part" = sweep ] || [ "$part" = all ]; then
+  for arm in "${sweep[@]}"; do queue+=("$arm 0"); done
+  if [ "$part" = sweep ] && [ "${#sweep[@]}" = 0 ]; then
+    echo "study/run.sh: preset '$preset' has no sweep (the regime's)" >&2; exit 2
+  fi
+fi
 if [ "$part" = ablations ] || [ "$part" = all ]; then
   for arm in "${ablations[@]}"; do queue+=("$arm 0"); done
-  if [[ " $seeds " != *" 0 "* ]]; then  # the ablations are read against seed 0 of baseline and agra
-    echo "study/run.sh: the ablations run on seed 0; SEEDS='$seeds' lacks it, so their table" \
-      "has no baseline or agra row to compare with" >&2
-  fi
+fi
+if [ "$part" != headline ] && [[ " $seeds " != *" 0 "* ]]; then  # read against seed 0's headline
+  echo "study/run.sh: the sweep and the ablations run on seed 0; SEEDS='$seeds' lacks it, so" \
+    "their tables have no headline row of their seed to compare with" >&2
 fi
 if [ "$part" = all ]; then add_headline "${seed_list[@]:3}"; fi
 if [ "$part" = ablations ] || [ "$part" = all ]; then
@@ -132,8 +175,9 @@ worker() {  # each worker takes the next unclaimed item, so the queue is done in
 }
 
 # the demonstrations once, before the workers start (else each of them builds the same cache)
-$py -c "import config, data; data.make_demos(config.load_config('configs/$preset.yaml'))" \
-  >>"$log" 2>&1
+# (and the action-free clips, where the preset has them)
+$py -c "import config, data; c = config.load_config('configs/$preset.yaml'); data.make_demos(c);"\
+" data.make_clips(c)" >>"$log" 2>&1
 echo "$(date -u +%FT%TZ) start: bash study/run.sh $*  (seeds: $seeds, $jobs jobs) on $(uname -n)," \
   "$cores cores" | tee -a "$out/timing.txt"
 for ((k = 0; k < jobs; k++)); do worker "$k" & done

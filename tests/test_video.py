@@ -100,6 +100,36 @@ def test_co_training_runs_and_no_clips_is_the_robot_only_run(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "a video knob moved a run without clips"
 
 
+def test_align_windows_reads_only_the_windows_it_names(tmp_path, monkeypatch):
+    """align.windows=demos: the alignment loss of a step is the same whatever the clips' teacher
+    targets are; =clips: whatever the demos' are; =all: it reads both."""
+    real = train.targets
+
+    def scrambled(rows):  # the teacher's targets with `rows` of the batch replaced by noise
+        def targets(batch, source, normalize):
+            y = real(batch, source, normalize)                           # (B, T*N, Dt)
+            y[rows] = torch.randn(y[rows].shape, generator=torch.Generator().manual_seed(0))
+            return y
+        return targets
+
+    def align_loss(windows, rows=None, name="x"):  # the logged align loss of one training step
+        if rows is not None:
+            monkeypatch.setattr(train, "targets", scrambled(rows))
+        out = train.train(clip_cfg(tmp_path, f"name={name}", "train.steps=1", "train.log_every=1",
+                                   f"align.windows={windows}"))
+        monkeypatch.setattr(train, "targets", real)
+        return (out / "metrics.csv").read_text().splitlines()[1].split(",")[4]
+
+    n_demo = 16 - round(0.5 * 16)  # tiny: batch 16, video.ratio 0.5; the demos' windows first
+    demos, clips = slice(None, n_demo), slice(n_demo, None)
+    assert align_loss("demos", name="d0") == align_loss("demos", clips, "d1")
+    assert align_loss("clips", name="c0") == align_loss("clips", demos, "c1")
+    assert align_loss("all", name="a0") != align_loss("all", clips, "a1")
+    assert align_loss("demos", name="d2") != align_loss("clips", name="c2")
+    with pytest.raises(ValueError, match="align.windows = 'clips' with video.n_clips = 0"):
+        load_config(TINY, ["align.windows=clips"])
+
+
 def test_the_feature_cache_serves_clip_windows_their_own_frames(tmp_path):
     """With clips, the ViT feature cache holds the demos' frames then the clips'; a clip window's
     frame_index (offset past every demo frame) gathers the features of its own frames."""

@@ -28,7 +28,8 @@ fi
 """
 
 
-def study(tmp_path, *args, seeds="0 1", jobs=2, ok=True, fail="", weights="", cwd=None):
+def study(tmp_path, *args, seeds="0 1", jobs=2, ok=True, fail="", weights="", cwd=None,
+          preset="tiny"):
     """Runs a copy of study/run.sh in tmp_path (the repository root there) with the fake python."""
     (tmp_path / "study").mkdir(exist_ok=True)
     shutil.copy(ROOT / "study" / "run.sh", tmp_path / "study" / "run.sh")
@@ -37,7 +38,7 @@ def study(tmp_path, *args, seeds="0 1", jobs=2, ok=True, fail="", weights="", cw
     fake.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "SEEDS": seeds, "JOBS": str(jobs),
            "FAIL": fail, "DINOV2_WEIGHTS": weights}  # FAIL: the run whose training fails
-    p = subprocess.run(["bash", str(tmp_path / "study" / "run.sh"), "tiny", *args], check=False,
+    p = subprocess.run(["bash", str(tmp_path / "study" / "run.sh"), preset, *args], check=False,
                        cwd=cwd or tmp_path, env=env, capture_output=True, text=True, timeout=120)
     if not ok:
         return p
@@ -78,6 +79,35 @@ def test_every_override_is_a_key_the_config_accepts(tmp_path):
         assert cfg.train.seed == 0, name
 
 
+def test_the_regime_plan_is_the_2x2_the_controls_the_sweep_and_the_ablations(tmp_path):
+    """`regime all`: seeds 0-2 of the six headline arms first (seeds outer), then the sweep and
+    the ablations on seed 0, then seeds 3-4; every call loads as a valid regime config whose arm
+    differs from agra-clips (or wam-clips) in exactly what its name says."""
+    sys.path.insert(0, str(ROOT))
+    import config
+    calls = study(tmp_path, "all", seeds="0 1 2 3 4", jobs=1, preset="regime")
+    names = [c.split()[2][5:] for c in calls if c.startswith("train.py")]
+    head = ["wam-clips", "agra-clips", "wam", "agra", "agra-random-clips", "agra-shuffled-clips"]
+    assert names[:18] == [f"regime-{a}-s{s}" for s in (0, 1, 2) for a in head], names[:18]
+    assert names[-12:] == [f"regime-{a}-s{s}" for s in (3, 4) for a in head], names[-12:]
+    later = sorted(n for n in names[18:-12])
+    assert later == sorted(f"regime-{a}-s0" for a in
+                           [f"{m}-clips-d{n}" for m in ("wam", "agra") for n in (125, 250, 1000)]
+                           + ["abl-layer1", "abl-layer3", "abl-bridge_single", "abl-align_clips",
+                              "abl-align_demos"]), later
+    cfgs = {n: config.load_config(ROOT / "configs" / "regime.yaml", o)
+            for n, o in trains(calls).items()}
+    ref = cfgs["regime-agra-clips-s0"]
+    assert ref.video.n_clips > 0 and ref.align.weight > 0 and ref.align.teacher == "oracle"
+    assert cfgs["regime-wam-s0"].video.n_clips == cfgs["regime-agra-s0"].video.n_clips == 0
+    assert cfgs["regime-wam-clips-s0"].align.weight == cfgs["regime-wam-s0"].align.weight == 0
+    assert cfgs["regime-agra-clips-d125-s0"].data.n_episodes == 125
+    assert cfgs["regime-wam-clips-d1000-s0"].align.weight == 0
+    assert cfgs["regime-abl-align_clips-s0"].align.windows == "clips"
+    assert cfgs["regime-abl-layer1-s0"].align.layer == 1
+    assert cfgs["regime-agra-random-clips-s0"].align.teacher == "random"
+
+
 def test_every_call_names_a_script_or_function_of_the_repository(tmp_path):
     """Each command the runner runs is a file of the repository root (train.py, eval.py,
     study/report.py), and the demos line calls functions the core has."""
@@ -87,7 +117,7 @@ def test_every_call_names_a_script_or_function_of_the_repository(tmp_path):
         if c.startswith("-c "):  # module.function pairs of the demos line, each one the core has
             used = {(n.value.id, n.attr) for n in ast.walk(ast.parse(c[3:]))
                     if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
-            assert {f for _, f in used} == {"make_demos", "load_config"}, used
+            assert {f for _, f in used} == {"make_demos", "make_clips", "load_config"}, used
             for module, function in used:
                 assert callable(getattr(importlib.import_module(module), function, None)), c
         else:

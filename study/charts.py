@@ -22,6 +22,12 @@ def palette(labels):
     return {a: cmap[i % len(cmap)] for i, a in enumerate(labels)}
 
 
+def family_order(key):
+    """Sort key of family.* metrics: id, the families by name, then covered, unseen, ood."""
+    last = ["family.covered", "family.unseen", "family.ood"]
+    return (key != "family.id", last.index(key) if key in last else -1, key)
+
+
 def save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -102,6 +108,29 @@ def lines(path, stats, prefix, xlabel, with_id=False):
     return save(fig, path)
 
 
+def against(path, panels, xlabel):
+    """One panel per (title, {label: [(x, mean, half-width)]}), one line per label with 95% error
+    bars inside [0, 1], x on a log scale (demonstration counts double)."""
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(3.2 * len(panels) + 1, 3.0))
+    color = palette(sorted({label for _, pts in panels for label in pts}))
+    for ax, (title, pts) in zip(axes[0], panels):
+        for i, (label, p) in enumerate(sorted(pts.items())):
+            x, mu, half = zip(*p)
+            ax.errorbar(x, mu, yerr=list(zip(*[bar_err(m, h, True) for m, h in zip(mu, half)])),
+                        marker=MARKERS[i % len(MARKERS)], ms=4, capsize=2, lw=1, label=label,
+                        color=color[label])
+        xs = sorted({v for p in pts.values() for v, *_ in p})
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [str(v) for v in xs])
+        ax.minorticks_off()
+        ax.set(title=title, xlabel=xlabel, ylim=(-0.02, 1.02))
+    axes[0][0].set_ylabel("success rate")
+    axes[0][-1].legend(fontsize=7, title="arm", title_fontsize=7)
+    return save(fig, path)
+
+
 def training(path, csvs, colors):
     """Training curves (loss, video, action, align) of each run; colors = {run: (colour, arm)}:
     the seeds of an arm share its colour, one legend entry per arm."""
@@ -177,11 +206,15 @@ def figures(out, stats, csvs, colors, rows):
     """Every comparison picture into out/; returns {title: file name} of those that have data."""
     keys = sorted({k for s in stats.values() for k in s})
     suites = sorted((k for k in keys if k.startswith("success.")), key=lambda k: k != "success.id")
+    fams = sorted((k for k in keys if k.startswith("family.")), key=family_order)
     pix = [k for k in keys if k.startswith("intervention.pixel.")]
     hid = [k for k in keys if k.startswith("intervention.hidden.")]
     ratios = [k for k in ["intervention.sensitivity_ratio", "intervention.hidden_ratio"]
               if k in keys]
-    figs = {"success per suite": bars(out / "success.png", stats,
+    figs = {"success per suite family": bars(out / "families.png", stats, [(
+                "success per suite family (covered: inside the clips' band; unseen: outside)",
+                fams, "success rate", True)]),
+            "success per suite": bars(out / "success.png", stats,
                                       [("success per suite", suites, "success rate", True)]),
             "success against OOD severity": lines(out / "severity.png", stats, "success.",
                                                   "OOD severity (0 = training)", with_id=True),

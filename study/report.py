@@ -1,5 +1,5 @@
 """The study's report: `python study/report.py RUN_DIR [RUN_DIR ...] --out DIR [--baseline NAME]
-[--readme FILE]` reads each run's config.yaml, metrics.csv and eval/metrics.json (a record in
+[--reference NAME] [--pair ARM:ARM ...] [--readme FILE]` reads each run's config.yaml, metrics.csv and eval/metrics.json (a record in
 results/<preset>/runs/, or a live runs/<name>/ that `python eval.py` has evaluated) and writes
 DIR/report.md (every metric), DIR/summary.md (the README's tables) and the comparison figures.
 `--curves OUT.png RUN_DIR ...` draws only the training curves, of runs still in progress too.
@@ -7,7 +7,10 @@ DIR/report.md (every metric), DIR/summary.md (the README's tables) and the compa
 An arm = the runs whose config.yaml differ only in name, train.seed and paths; named after its first
 run without a trailing -s<seed> (or _seed<k>) and without the prefix all arm names share
 ("cpu-agra-s1" -> "agra" next to "cpu-baseline-s0" -> "baseline"). Each arm gets its mean and 95%
-t-interval over seeds, and the paired per-seed difference to the baseline arm with its interval.
+t-interval over seeds, and the paired per-seed difference to the baseline arm with its interval
+(and of each --pair). Runs of the paired regime (a config with video.covered) also get success per
+suite family, covered (@1) and unseen (@2) apart; arms named <arm>-d<count> are a demonstration
+count sweep of <arm>, shown against the count (with <arm>'s runs of the same seeds).
 The figures are in study/charts.py. Nothing of the core (train.py, eval.py, ...) is imported here.
 """
 
@@ -33,7 +36,7 @@ T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 ARM_FREE = {"name", "train.seed", "train.out_dir", "train.device", "data.cache_dir"}
 TIMES = ["heldout", "success", "success_curve", "attention", "intervention", "probe", "video",
          "latency", "total"]  # time.<part> columns of the report
-ORDER = ["success.", "attention.", "intervention.", "probe.", "video.", "latency."]  # table rows
+ORDER = ["success.", "family.", "attention.", "intervention.", "probe.", "video.", "latency."]  # table rows
 
 
 # -----------------------------------------------------------------------------
@@ -100,6 +103,35 @@ def arms_of(runs):
     return arms
 
 
+def with_families(metrics, configs):
+    """Success per suite family for runs whose config marks covered suites (video.covered): the
+    metrics with family.<f> (the mean of f@1, f@2, ...), family.covered and family.unseen (the
+    means of the OOD suites inside and outside the clips' band), family.ood (all OOD suites) and
+    family.id added; other runs as they are."""
+    out = {}
+    for r, m in metrics.items():
+        covered = configs[r].get("video.covered")
+        ood = {k[8:]: v for k, v in m.items() if k.startswith("success.") and k != "success.id"}
+        if not covered or not ood:
+            out[r] = m
+            continue
+        fams = {}
+        for name, v in ood.items():
+            fams.setdefault(name.split("@")[0], []).append(v)
+        groups = {**fams, "covered": [v for k, v in ood.items() if k in covered],
+                  "unseen": [v for k, v in ood.items() if k not in covered],
+                  "ood": list(ood.values())}
+        out[r] = {**m, "family.id": m["success.id"],
+                  **{f"family.{g}": sum(vs) / len(vs) for g, vs in groups.items() if vs}}
+    return out
+
+
+def is_sweep(arm):
+    """'agra-clips-d125' -> ('agra-clips', 125); None for an arm not named <arm>-d<count>."""
+    m = re.fullmatch(r"(.+)-d(\d+)", arm)
+    return (m[1], int(m[2])) if m else None
+
+
 def check_runs(runs, evaluated=True):
     """Every folder has config.yaml and metrics.csv, and (evaluated) eval/metrics.json."""
     for r in runs:
@@ -141,16 +173,22 @@ def table_keys(runs, metrics):
                    and k.startswith(tuple(ORDER))}, key=row)
 
 
-def paired_diffs(arms, metrics, seed, baseline, keys):
-    """{arm: {key: mean_ci of the per-seed differences to `baseline`}}, arms sharing a seed."""
-    base = {seed[r]: metrics[r] for r in arms.get(baseline, [])}
+def paired_diffs(arms, metrics, seed, pairs, keys):
+    """{"a - b": {key: mean_ci of the per-seed differences a - b}} for each pair (a, b) of arms
+    that share a seed."""
     diffs = {}
-    for a, rs in arms.items():
-        pairs = [(metrics[r], base[seed[r]]) for r in rs if seed[r] in base]
-        if a != baseline and pairs:
-            diffs[a] = {k: mean_ci([x[k] - y[k] for x, y in pairs if is_number(x.get(k))
-                                    and is_number(y.get(k))]) for k in keys}
+    for a, b in pairs:
+        base = {seed[r]: metrics[r] for r in arms.get(b, [])}
+        both = [(metrics[r], base[seed[r]]) for r in arms.get(a, []) if seed[r] in base]
+        if a != b and both:
+            diffs[f"{a} - {b}"] = {k: mean_ci([x[k] - y[k] for x, y in both if is_number(x.get(k))
+                                               and is_number(y.get(k))]) for k in keys}
     return diffs
+
+
+def pairs_of(arms, baseline, extra=()):
+    """Every arm against `baseline`, then the extra (a, b) pairs."""
+    return [(a, baseline) for a in arms if a != baseline] + list(extra)
 
 
 def shown_pictures(arms):
@@ -170,11 +208,35 @@ def shown_pictures(arms):
     return shown
 
 
-def draw(out, arms, metrics, seed, baseline, keys, shown):
+def headline(arms):
+    """The arms the headline figures show: neither an ablation (abl-*) nor a sweep point."""
+    return [a for a in arms if not a.startswith("abl-") and not is_sweep(a)] or list(arms)
+
+
+def sweep_points(arms, metrics, seed, configs, key):
+    """{arm: [(count, mean, half-width)]} of `key` against the demonstration count, for each arm
+    with sweep arms <arm>-d<count>; <arm> itself joins at its own count on the sweep's seeds."""
+    bases = {}
+    for a in arms:
+        if is_sweep(a):
+            bases.setdefault(is_sweep(a)[0], []).append(a)
+    out = {}
+    for b, sweeps in bases.items():
+        seeds = {seed[r] for a in sweeps for r in arms[a]}
+        runs = {configs[r]["data.n_episodes"]: [] for a in [b, *sweeps] for r in arms.get(a, [])}
+        for a in [b, *sweeps]:
+            for r in arms.get(a, []):
+                if seed[r] in seeds:
+                    runs[configs[r]["data.n_episodes"]].append(metrics[r].get(key))
+        out[b] = sorted((n, *mean_ci(v)[:2]) for n, v in runs.items() if v)
+    return out
+
+
+def draw(out, arms, metrics, seed, baseline, keys, shown, configs, reference="agra"):
     """The figures and PCA copies; returns ({title: file}, examples, [headline arms])."""
     examples = {a: torch.load(r / "eval" / "examples.pt", weights_only=True)
                 for a, r in shown["examples.pt"].items() if r}
-    head = [a for a in arms if not a.startswith("abl-")] or list(arms)  # figures: headline arms
+    head = headline(arms)
 
     def stats(rows):
         return {a: {k: mean_ci([metrics[r].get(k) for r in rs]) for k in keys} for a, rs in rows}
@@ -183,13 +245,21 @@ def draw(out, arms, metrics, seed, baseline, keys, shown):
                    {r: read_csv(r / "metrics.csv") for a in head for r in arms[a]}, colors,
                    {f"{a}\n({shown['examples.pt'][a].name})": examples[a] for a in head
                     if a in examples})
-    if len(head) < len(arms):  # the ablations beside baseline and agra on their seeds (summary.md)
-        st = stats(ablation_rows(arms, seed, baseline))
+    if any(a.startswith("abl-") for a in arms):  # beside baseline and reference on their seeds
+        st = stats(ablation_rows(arms, seed, baseline, reference))
         figs["ablations: success against OOD severity"] = charts.lines(
             out / "abl_severity.png", st, "success.", "OOD severity (0 = training)", with_id=True)
         figs["ablations: success against training steps"] = charts.lines(
             out / "abl_curve.png", st, "success_curve.", "training step")
-        figs = {k: v for k, v in figs.items() if v}
+    if any(is_sweep(a) for a in arms):
+        panels = [(k, t, sweep_points(arms, metrics, seed, configs, k)) for k, t in
+                  [("success.id", "ID success"), ("family.ood", "OOD success (mean of suites)"),
+                   ("family.covered", "covered OOD suites (@1)"),
+                   ("family.unseen", "unseen OOD suites (@2)")]]
+        figs["success against the number of demonstrations"] = charts.against(
+            out / "demos.png", [(t, pts) for k, t, pts in panels if any(pts.values())],
+            "labelled demonstrations")
+    figs = {k: v for k, v in figs.items() if v}
     for a, r in shown["pca.png"].items():  # copies, so the report folder stands alone
         if r and (r / "eval" / "pca.png").is_file():
             shutil.copy(r / "eval" / "pca.png", out / f"pca_{a}.png")
@@ -217,8 +287,7 @@ def metrics_md(stats, diffs, keys, baseline):
         return md + [(f"\nNo paired differences: no arm named `{baseline}` shares a seed "
                       "with another.")]
     md += [f"\n## Paired difference to {baseline}: mean [95% CI] (pairs)\n",
-           "| metric | " + " | ".join(f"{a} - {baseline}" for a in diffs) + " |",
-           "|---" * (len(diffs) + 1) + "|"]
+           "| metric | " + " | ".join(diffs) + " |", "|---" * (len(diffs) + 1) + "|"]
     return md + [f"| {k} | " + " | ".join(
         f"{d[k][0]:+.3f} [{d[k][0] - d[k][1]:+.3f}, {d[k][0] + d[k][1]:+.3f}] ({d[k][2]})"
         if d[k][2] > 1 else f"{fmt(d[k][0])} ({d[k][2]})" for d in diffs.values()) + " |"
@@ -254,21 +323,30 @@ def times_md(runs, metrics):
                                                for p in parts) + " |" for r in runs]
 
 
-def report(runs, metrics, out, baseline="baseline", command="python study/report.py"):
+def report(runs, metrics, out, baseline="baseline", command="python study/report.py",
+           reference="agra", pairs=()):
     """out/report.md and out/summary.md with the PNGs: arms, mean and 95% CI per metric, paired
-    differences, pictures, times. metrics = {run dir: its eval/metrics.json}."""
+    differences (to `baseline`, and the extra `pairs`), pictures, times. metrics = {run dir: its
+    eval/metrics.json}; `reference`: the arm the ablations are one knob away from."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    configs = {r: flat(yaml.safe_load((r / "config.yaml").read_text())) for r in runs}
+    metrics = with_families(metrics, configs)
     arms = arms_of(runs)
     arms = {a: arms[a] for a in sorted(arms, key=lambda a: a != baseline)}  # baseline first
-    seed = {r: yaml.safe_load((r / "config.yaml").read_text())["train"]["seed"] for r in runs}
+    for a, b in pairs:
+        if a not in arms or b not in arms:
+            raise ValueError(f"--pair {a}:{b}: no arm named {a if a not in arms else b}; "
+                             f"arms: {list(arms)}")
+    seed = {r: configs[r]["train.seed"] for r in runs}
     keys = table_keys(runs, metrics)
     curve = sorted({k for r in runs for k in metrics[r] if k.startswith("success_curve.")})
     stats = {a: {k: mean_ci([metrics[r].get(k) for r in rs]) for k in keys} for a, rs in
              arms.items()}
-    diffs = paired_diffs(arms, metrics, seed, baseline, keys)
+    diffs = paired_diffs(arms, metrics, seed, pairs_of(arms, baseline, pairs), keys)
     shown = shown_pictures(arms)
-    figs, examples, head = draw(out, arms, metrics, seed, baseline, keys + curve, shown)
+    figs, examples, head = draw(out, arms, metrics, seed, baseline, keys + curve, shown, configs,
+                                reference)
     md = [(f"# Evaluation report\n\n`{command}`, {time.strftime('%Y-%m-%d %H:%M')}. Means with 95% "
            f"t-intervals over seeds (n = seeds); paired differences to `{baseline}` over the seeds "
            f"both arms ran. An arm = the runs whose configs differ only in "
@@ -277,7 +355,8 @@ def report(runs, metrics, out, baseline="baseline", command="python study/report
     md += pictures_md(figs, examples, head, shown) + times_md(runs, metrics)
     md += [f"\nThis report: {time.perf_counter() - t0:.1f} s.\n"]
     (out / "report.md").write_text("\n".join(md))
-    (out / "summary.md").write_text(summary(arms, metrics, seed, baseline))
+    (out / "summary.md").write_text(summary(arms, metrics, seed, baseline, reference, pairs,
+                                            configs))
     print(f"report: {out / 'report.md'}, {out / 'summary.md'}")
 
 
@@ -319,48 +398,76 @@ def arm_table(m, rows, cols):
     return md
 
 
-def paired_table(m, arms, seed, baseline):
-    base = {seed[r]: m[r] for r in arms.get(baseline, [])}
+def paired_table(m, arms, seed, pairs, cols=PAIRED):
+    """Markdown lines: for each pair (a, b) of arms sharing seeds, mean [95% CI] of a - b."""
     rows = []
-    for a in [a for a in arms if a != baseline]:
-        pairs = [(m[r], base[seed[r]]) for r in arms[a] if seed[r] in base]
-        if not pairs:  # no baseline run of this arm's seeds
+    for a, b in pairs:
+        base = {seed[r]: m[r] for r in arms.get(b, [])}
+        both = [(m[r], base[seed[r]]) for r in arms.get(a, []) if seed[r] in base]
+        if not both:  # no run of b on a's seeds
             continue
-        cells = [mean_ci([x.get(k, math.nan) - y.get(k, math.nan) for x, y in pairs])
-                 for k, _ in PAIRED]
-        rows.append(f"| {a} - {baseline} | {len(pairs)} | " + " | ".join(
+        cells = [mean_ci([x.get(k, math.nan) - y.get(k, math.nan) for x, y in both])
+                 for k, _ in cols]
+        rows.append(f"| {a} - {b} | {len(both)} | " + " | ".join(
             f"{mu:+.3f} [{mu - h:+.3f}, {mu + h:+.3f}]" if n > 1 else f"{mu:+.3f}"
             for mu, h, n in cells) + " |")
     if not rows:
         return []
-    return [f"\nPaired per-seed difference to `{baseline}`, mean [95% CI]:\n",
-            "| arms | pairs | " + " | ".join(c for _, c in PAIRED) + " |",
-            "|---" * (len(PAIRED) + 2) + "|", *rows]
+    return ["| arms | pairs | " + " | ".join(c for _, c in cols) + " |",
+            "|---" * (len(cols) + 2) + "|", *rows]
 
 
-def summary(arms, metrics, seed, baseline, reference="agra"):
-    """The README's tables: one row per arm (mean ± 95% CI over seeds), headline arms first, then
-    the ablations (arms named abl-*) beside the baseline and `reference` arms on the ablations'
-    seeds only (an ablation is one knob away from `reference`), then OOD success per suite and the
-    paired differences."""
+def summary(arms, metrics, seed, baseline, reference="agra", pairs=(), configs=None):
+    """The README's tables: one row per arm (mean ± 95% CI over seeds), headline arms first; for
+    the paired regime, success per suite family with paired differences; the ablations (arms
+    named abl-*) beside the baseline and `reference` arms on the ablations' seeds only (an
+    ablation is one knob away from `reference`); the demonstration-count sweep; OOD success per
+    suite and the paired differences (to `baseline`, and the extra `pairs`)."""
     m, suites, common = with_ood(metrics)
-    head = [a for a in arms if not a.startswith("abl-")]
+    head = headline(arms)
     abl = [a for a in arms if a.startswith("abl-")]
+    sweep = [a for a in arms if is_sweep(a)]
     md = ["Mean ± 95% t-interval over seeds (no interval with one seed).\n"]
     if set(suites) != common:
         left = ", ".join(k[8:] for k in suites if k not in common)
         md.append(f"OOD success is the mean over the suites every run has; not every run has "
                   f"{left}, so those are left out of it.\n")
     md += arm_table(m, [(a, arms[a]) for a in head], SUMMARY)
+    fams = sorted({k for r in m for k in m[r] if k.startswith("family.")},
+                  key=charts.family_order)
+    if fams:
+        cols = [(k, k[7:]) for k in fams]
+        md += [("\nSuccess per suite family (the mean of its suites; covered: the OOD suites "
+                "inside the action-free clips' band, unseen: those outside it and the lab):\n"),
+               *arm_table(m, [(a, arms[a]) for a in head], cols),
+               "\nPer family, paired per-seed difference, mean [95% CI]:\n",
+               *paired_table(m, arms, seed, pairs_of(head, baseline, pairs), cols)]
     if abl:
         cols = [c for c in SUMMARY if c[0] not in ("attention.chance", "video.psnr",
                                                     "latency.act_ms")]
+        cols += [(k, k[7:]) for k in fams if k in ("family.covered", "family.unseen")]
         md += [(f"\nAblations (what each changes: the report's arms table), beside `{baseline}` "
                 f"and `{reference}` on the same seeds:\n"),
                *arm_table(m, ablation_rows(arms, seed, baseline, reference), cols)]
-    md += ["\nSuccess per suite:\n", *arm_table(m, [(a, arms[a]) for a in head + abl],
-                                                [(k, k[8:]) for k in suites])]
-    md += paired_table(m, {a: arms[a] for a in head + abl}, seed, baseline)
+    if sweep:
+        keys = [("success.id", "ID"), ("success.ood", "OOD"), ("family.covered", "covered"),
+                ("family.unseen", "unseen")]
+        md += ["\nSuccess against the number of labelled demonstrations (the sweep's seeds):\n",
+               "| arm | demos | " + " | ".join(c for _, c in keys) + " |",
+               "|---" * (len(keys) + 2) + "|"]
+        pts = {k: sweep_points(arms, m, seed, configs, k) for k, _ in keys}
+        for b, rows in pts["success.id"].items():
+            for i, (n, *_) in enumerate(rows):
+                md.append(f"| {b} | {n} | " + " | ".join(
+                    fmt(pts[k][b][i][1]) + (f" ± {fmt(pts[k][b][i][2])}"
+                                            if not math.isnan(pts[k][b][i][2]) else "")
+                    if len(pts[k][b]) > i else "n/a" for k, _ in keys) + " |")
+    md += ["\nSuccess per suite:\n", *arm_table(m, [(a, arms[a]) for a in head + abl + sweep],
+                                                 [(k, k[8:]) for k in suites])]
+    table = paired_table(m, {a: arms[a] for a in head + abl}, seed,
+                         pairs_of(head + abl, baseline, pairs))
+    if table:
+        md += [f"\nPaired per-seed difference to `{baseline}`, mean [95% CI]:\n", *table]
     return "\n".join(md) + "\n"
 
 
@@ -383,6 +490,10 @@ def main(argv=None):
     p.add_argument("runs", nargs="+", help="run folders (records or evaluated runs/<name>)")
     p.add_argument("--out", help="report folder")
     p.add_argument("--baseline", default="baseline", help="arm the paired differences refer to")
+    p.add_argument("--reference", default="agra", help="arm the ablations (abl-*) change one "
+                   "knob of: shown beside them on their seeds")
+    p.add_argument("--pair", action="append", default=[], metavar="ARM:ARM",
+                   help="a further paired difference, first minus second (repeatable)")
     p.add_argument("--readme", help="also paste summary.md into this file, between the lines "
                    "'<!-- results:OUT -->' and '<!-- /results:OUT -->'")
     p.add_argument("--curves", metavar="OUT.png", help="only the training curves of the runs "
@@ -399,7 +510,12 @@ def main(argv=None):
         p.error("--out DIR is required (unless --curves)")
     out = Path(a.out)
     metrics = {r: json.loads((r / "eval" / "metrics.json").read_text()) for r in runs}
-    report(runs, metrics, out, a.baseline, " ".join(["python study/report.py", *argv]))
+    pairs = [tuple(p.split(":")) for p in a.pair]
+    for p_ in pairs:
+        if len(p_) != 2:
+            raise ValueError(f"--pair {':'.join(p_)}; expected ARM:ARM")
+    report(runs, metrics, out, a.baseline, " ".join(["python study/report.py", *argv]),
+           a.reference, pairs)
     if a.readme:
         fill_readme(a.readme, out)
 

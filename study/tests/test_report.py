@@ -266,3 +266,49 @@ def test_the_report_imports_nothing_of_the_core():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def regime_run(parent, name, seed, weight, clips, n, v):
+    """A run of the paired regime: video.covered marks a@1 and b@1 as inside the clips' band."""
+    run = make_run(parent, name, seed, weight, v)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg.update(data={"n_episodes": n}, video={"n_clips": clips, "covered": ["a@1", "b@1"]})
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    m.update({"success.b@1": v * 0.8, "success.b@2": v * 0.2})
+    (run / "eval" / "metrics.json").write_text(json.dumps(m))
+    return run
+
+
+def test_families_sweep_and_extra_pairs_of_the_regime(tmp_path):
+    """Runs with video.covered get success per family (mean of its suites), covered (@1) and
+    unseen (@2) means; <arm>-d<n> arms are a sweep drawn against n with <arm> at its own count on
+    the sweep's seeds, kept out of the headline; --pair adds a paired row; an unknown arm fails."""
+    runs = [regime_run(tmp_path / "runs", f"r-{arm}-s{s}", s, w, c, n, v)
+            for arm, w, c, n, v0 in [("wam-clips", 0.0, 8, 500, 0.4),
+                                     ("agra-clips", 0.5, 8, 500, 0.6),
+                                     ("wam", 0.0, 0, 500, 0.3), ("agra", 0.5, 0, 500, 0.5)]
+            for s, v in [(0, v0), (1, v0 + 0.1)]]
+    runs += [regime_run(tmp_path / "runs", "r-agra-clips-d125-s0", 0, 0.5, 8, 125, 0.2)]
+    report.main([*map(str, runs), "--out", str(tmp_path / "rep"), "--baseline", "wam-clips",
+                 "--reference", "agra-clips", "--pair", "agra:wam"])
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    v = 0.6  # agra-clips seed 0: a@1 0.54, a@2 0.3, b@1 0.48, b@2 0.12
+    fam = {"id": v, "a": (0.9 * v + v / 2) / 2, "b": (0.8 * v + 0.2 * v) / 2,
+           "covered": (0.9 * v + 0.8 * v) / 2, "unseen": (v / 2 + 0.2 * v) / 2,
+           "ood": (0.9 * v + v / 2 + 0.8 * v + 0.2 * v) / 4}
+    m = report.with_families({"x": json.loads((runs[2] / "eval" / "metrics.json").read_text())},
+                             {"x": {"video.covered": ["a@1", "b@1"]}})["x"]
+    for k, want in fam.items():
+        assert math.isclose(m[f"family.{k}"], want), (k, m[f"family.{k}"], want)
+    assert "| id | a | b | covered | unseen | ood |" in md.replace(
+        "| arm | seeds | teacher ", ""), md
+    assert "| agra - wam | 2 |" in md and "| agra-clips - wam-clips | 2 | +0.200" in md, md
+    assert "| agra-clips | 125 | 0.200 |" in md and "| agra-clips | 500 | 0.600 |" in md, md
+    for f in ["demos.png", "families.png"]:
+        assert (tmp_path / "rep" / f).is_file(), f"{f} not drawn"
+    head = [line for line in md.split("Success per suite family")[0].splitlines()
+            if line.startswith("| agra-clips-d125")]
+    assert not head, "a sweep point sits in the headline table"
+    with pytest.raises(ValueError, match="--pair agra:nope: no arm named nope"):
+        report.main([*map(str, runs), "--out", str(tmp_path / "rep2"), "--pair", "agra:nope"])

@@ -65,6 +65,7 @@ if [ "$preset" = regime ]; then
   )
   ablations=(abl-layer1 abl-layer3 abl-bridge_single abl-align_clips abl-align_demos)
   late=()
+  compare=(--baseline wam-clips --reference agra-clips --pair agra:wam)  # the report's pairs
 else
   ARMS=(
     [baseline]="align.weight=0.0"
@@ -97,6 +98,7 @@ else
   ablations=(abl-oracle_task abl-layer3 abl-video_pass abl-bridge_single abl-norm_none
              abl-weight0.1 abl-weight2)
   late=(abl-frozen abl-frozen-agra)  # the "if time allows": after every headline seed
+  compare=(--baseline baseline --reference agra)
 fi
 if [ -n "${DINOV2_WEIGHTS:-}" ]; then  # a user's local DINOv2 state dict adds the real-teacher arm
   dino=agra-dinov2${sweep:+-clips}     # (the regime's, with the clips, like its other AGRA arms)
@@ -190,7 +192,7 @@ readme=()  # README.md's block for this preset, where it has one, is filled from
 if grep -qsF -- "<!-- results:$out -->" README.md; then readme=(--readme README.md); fi
 where="no report (no finished run)"
 if [ "${#recs[@]}" -gt 0 ]; then
-  $py study/report.py "${recs[@]}" --out "$out" "${readme[@]}" >>"$log" 2>&1
+  $py study/report.py "${recs[@]}" --out "$out" "${readme[@]}" "${compare[@]}" >>"$log" 2>&1
   where="$out/report.md"
   if [ "${#readme[@]}" -gt 0 ]; then where="$where, README.md block filled"; fi
 fi

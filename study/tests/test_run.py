@@ -106,6 +106,8 @@ def test_the_regime_plan_is_the_2x2_the_controls_the_sweep_and_the_ablations(tmp
     assert cfgs["regime-abl-align_clips-s0"].align.windows == "clips"
     assert cfgs["regime-abl-layer1-s0"].align.layer == 1
     assert cfgs["regime-agra-random-clips-s0"].align.teacher == "random"
+    report = next(c for c in calls if c.startswith("study/report.py"))
+    assert report.endswith("--baseline wam-clips --reference agra-clips --pair agra:wam"), report
 
 
 def test_every_call_names_a_script_or_function_of_the_repository(tmp_path):
@@ -195,7 +197,7 @@ def test_the_report_skips_unfinished_records_and_fills_the_readme_block_if_any(t
     (tmp_path / "calls.txt").unlink()
     report = next(c for c in study(tmp_path, "headline", seeds="0")
                   if c.startswith("study/report.py"))
-    assert report.endswith("--out results/tiny --readme README.md"), report
+    assert "--out results/tiny --readme README.md --baseline baseline" in report, report
 
 
 def test_workers_take_each_item_once(tmp_path):

@@ -1,6 +1,7 @@
 """The study's report: `python study/report.py RUN_DIR [RUN_DIR ...] --out DIR [--baseline NAME]
-[--reference NAME] [--pair ARM:ARM ...] [--readme FILE]` reads each run's config.yaml, metrics.csv and eval/metrics.json (a record in
-results/<preset>/runs/, or a live runs/<name>/ that `python eval.py` has evaluated) and writes
+[--reference NAME] [--pair ARM:ARM ...] [--readme FILE]` reads each run's config.yaml,
+metrics.csv and eval/metrics.json (a record in results/<preset>/runs/, or a live runs/<name>/
+that `python eval.py` has evaluated) and writes
 DIR/report.md (every metric), DIR/summary.md (the README's tables) and the comparison figures.
 `--curves OUT.png RUN_DIR ...` draws only the training curves, of runs still in progress too.
 
@@ -36,7 +37,8 @@ T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 ARM_FREE = {"name", "train.seed", "train.out_dir", "train.device", "data.cache_dir"}
 TIMES = ["heldout", "success", "success_curve", "attention", "intervention", "probe", "video",
          "latency", "total"]  # time.<part> columns of the report
-ORDER = ["success.", "family.", "attention.", "intervention.", "probe.", "video.", "latency."]  # table rows
+ORDER = ["success.", "family.", "attention.", "intervention.", "probe.", "video.",
+         "latency."]  # the groups of the report's metric rows, in order
 
 
 # -----------------------------------------------------------------------------
@@ -107,11 +109,19 @@ def with_families(metrics, configs):
     """Success per suite family for runs whose config marks covered suites (video.covered): the
     metrics with family.<f> (the mean of f@1, f@2, ...), family.covered and family.unseen (the
     means of the OOD suites inside and outside the clips' band), family.ood (all OOD suites) and
-    family.id added; other runs as they are."""
+    family.id added; other runs as they are. Every mean is over the suites all such runs have
+    (a suite only some have is named on stderr and left out), so the runs' means compare."""
+    marked = [r for r in metrics if configs[r].get("video.covered")]
+    have = [{k for k in metrics[r] if k.startswith("success.") and k != "success.id"}
+            for r in marked]
+    common = set.intersection(*have) if have else set()
+    if left := sorted(set().union(*have) - common):
+        print(f"report: not every run has {', '.join(k[8:] for k in left)}; left out of the "
+              "family means", file=sys.stderr)
     out = {}
     for r, m in metrics.items():
         covered = configs[r].get("video.covered")
-        ood = {k[8:]: v for k, v in m.items() if k.startswith("success.") and k != "success.id"}
+        ood = {k[8:]: v for k, v in m.items() if k in common}
         if not covered or not ood:
             out[r] = m
             continue
@@ -209,8 +219,8 @@ def shown_pictures(arms):
 
 
 def headline(arms):
-    """The arms the headline figures show: neither an ablation (abl-*) nor a sweep point."""
-    return [a for a in arms if not a.startswith("abl-") and not is_sweep(a)] or list(arms)
+    """The headline arms: neither an ablation (abl-*) nor a sweep point."""
+    return [a for a in arms if not a.startswith("abl-") and not is_sweep(a)]
 
 
 def sweep_points(arms, metrics, seed, configs, key):
@@ -236,7 +246,7 @@ def draw(out, arms, metrics, seed, baseline, keys, shown, configs, reference="ag
     """The figures and PCA copies; returns ({title: file}, examples, [headline arms])."""
     examples = {a: torch.load(r / "eval" / "examples.pt", weights_only=True)
                 for a, r in shown["examples.pt"].items() if r}
-    head = headline(arms)
+    head = headline(arms) or list(arms)  # figures of ablations alone, if nothing else ran
 
     def stats(rows):
         return {a: {k: mean_ci([metrics[r].get(k) for r in rs]) for k in keys} for a, rs in rows}
@@ -286,7 +296,7 @@ def metrics_md(stats, diffs, keys, baseline):
     if not diffs:
         return md + [(f"\nNo paired differences: no arm named `{baseline}` shares a seed "
                       "with another.")]
-    md += [f"\n## Paired difference to {baseline}: mean [95% CI] (pairs)\n",
+    md += [f"\n## Paired differences (to {baseline}, and any --pair): mean [95% CI] (pairs)\n",
            "| metric | " + " | ".join(diffs) + " |", "|---" * (len(diffs) + 1) + "|"]
     return md + [f"| {k} | " + " | ".join(
         f"{d[k][0]:+.3f} [{d[k][0] - d[k][1]:+.3f}, {d[k][0] + d[k][1]:+.3f}] ({d[k][2]})"
@@ -334,10 +344,10 @@ def report(runs, metrics, out, baseline="baseline", command="python study/report
     metrics = with_families(metrics, configs)
     arms = arms_of(runs)
     arms = {a: arms[a] for a in sorted(arms, key=lambda a: a != baseline)}  # baseline first
-    for a, b in pairs:
+    for a, b in pairs:  # an arm not (yet) run: said loudly, the rest of the report still made
         if a not in arms or b not in arms:
-            raise ValueError(f"--pair {a}:{b}: no arm named {a if a not in arms else b}; "
-                             f"arms: {list(arms)}")
+            print(f"report: --pair {a}:{b} skipped: no runs of arm {a if a not in arms else b}; "
+                  f"arms: {list(arms)}", file=sys.stderr)
     seed = {r: configs[r]["train.seed"] for r in runs}
     keys = table_keys(runs, metrics)
     curve = sorted({k for r in runs for k in metrics[r] if k.startswith("success_curve.")})
@@ -439,9 +449,9 @@ def summary(arms, metrics, seed, baseline, reference="agra", pairs=(), configs=N
         cols = [(k, k[7:]) for k in fams]
         md += [("\nSuccess per suite family (the mean of its suites; covered: the OOD suites "
                 "inside the action-free clips' band, unseen: those outside it and the lab):\n"),
-               *arm_table(m, [(a, arms[a]) for a in head], cols),
-               "\nPer family, paired per-seed difference, mean [95% CI]:\n",
-               *paired_table(m, arms, seed, pairs_of(head, baseline, pairs), cols)]
+               *arm_table(m, [(a, arms[a]) for a in head], cols)]
+        if table := paired_table(m, arms, seed, pairs_of(head, baseline, pairs), cols):
+            md += ["\nPer family, paired per-seed difference, mean [95% CI]:\n", *table]
     if abl:
         cols = [c for c in SUMMARY if c[0] not in ("attention.chance", "video.psnr",
                                                     "latency.act_ms")]
@@ -467,7 +477,8 @@ def summary(arms, metrics, seed, baseline, reference="agra", pairs=(), configs=N
     table = paired_table(m, {a: arms[a] for a in head + abl}, seed,
                          pairs_of(head + abl, baseline, pairs))
     if table:
-        md += [f"\nPaired per-seed difference to `{baseline}`, mean [95% CI]:\n", *table]
+        md += [f"\nPaired per-seed difference to `{baseline}`"
+               + (" (and the pairs asked for)" if pairs else "") + ", mean [95% CI]:\n", *table]
     return "\n".join(md) + "\n"
 
 

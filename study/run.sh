@@ -101,7 +101,8 @@ else
   compare=(--baseline baseline --reference agra)
 fi
 if [ -n "${DINOV2_WEIGHTS:-}" ]; then  # a user's local DINOv2 state dict adds the real-teacher arm
-  dino=agra-dinov2${sweep:+-clips}     # (the regime's, with the clips, like its other AGRA arms)
+  dino=agra-dinov2  # the regime's has the clips, like its other AGRA arms
+  if [ "$preset" = regime ]; then dino=agra-dinov2-clips; fi
   ARMS[$dino]="align.teacher=dinov2 align.teacher_weights=$DINOV2_WEIGHTS align.strict_teacher=True"
   headline+=("$dino")
 fi
@@ -138,9 +139,9 @@ run_one() {  # arm seed
 }
 
 # "arm seed", in the order they should finish: seeds outer, so each seed is a pairing; with `all`
-# the first three seeds, then the sweep and the one-knob ablations, then the other seeds, then the frozen
-# backbone (two trainings each), so the smallest complete study (three seeds per arm and the
-# one-knob ablations) is in first and the headline's five seeds before the optional ablations
+# the first three seeds, then the sweep and the one-knob ablations, then the other seeds, then
+# the frozen backbone (two trainings each), so the smallest complete study (three seeds per arm
+# and the one-knob ablations) is in first and the headline's five seeds before the optional ones
 queue=()
 read -ra seed_list <<<"$seeds"
 add_headline() {  # seed ...

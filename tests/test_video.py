@@ -102,7 +102,8 @@ def test_co_training_runs_and_no_clips_is_the_robot_only_run(tmp_path):
 
 def test_align_windows_reads_only_the_windows_it_names(tmp_path, monkeypatch):
     """align.windows=demos: the alignment loss of a step is the same whatever the clips' teacher
-    targets are; =clips: whatever the demos' are; =all: it reads both."""
+    targets are (with or without an action loss); =clips: whatever the demos' are; =all: it
+    reads both."""
     real = train.targets
 
     def scrambled(rows):  # the teacher's targets with `rows` of the batch replaced by noise
@@ -112,11 +113,11 @@ def test_align_windows_reads_only_the_windows_it_names(tmp_path, monkeypatch):
             return y
         return targets
 
-    def align_loss(windows, rows=None, name="x"):  # the logged align loss of one training step
+    def align_loss(windows, rows=None, name="x", *extra):  # the logged align loss of one step
         if rows is not None:
             monkeypatch.setattr(train, "targets", scrambled(rows))
         out = train.train(clip_cfg(tmp_path, f"name={name}", "train.steps=1", "train.log_every=1",
-                                   f"align.windows={windows}"))
+                                   f"align.windows={windows}", *extra))
         monkeypatch.setattr(train, "targets", real)
         return (out / "metrics.csv").read_text().splitlines()[1].split(",")[4]
 
@@ -125,7 +126,9 @@ def test_align_windows_reads_only_the_windows_it_names(tmp_path, monkeypatch):
     assert align_loss("demos", name="d0") == align_loss("demos", clips, "d1")
     assert align_loss("clips", name="c0") == align_loss("clips", demos, "c1")
     assert align_loss("all", name="a0") != align_loss("all", clips, "a1")
-    assert align_loss("demos", name="d2") != align_loss("clips", name="c2")
+    video_only = "train.action_weight=0.0"  # no action loss: no labelled rows, demo windows still
+    assert align_loss("demos", None, "v0", video_only) == align_loss("demos", clips, "v1",
+                                                                     video_only)
     with pytest.raises(ValueError, match="align.windows = 'clips' with video.n_clips = 0"):
         load_config(TINY, ["align.windows=clips"])
 

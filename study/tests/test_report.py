@@ -157,7 +157,7 @@ def test_report_of_two_runs_has_the_arm_table(two, tmp_path):
     for text in ["| arm | runs | train.seed | teacher | steps |",
                  "| baseline | x-baseline-s0 | 0 | none | 20 |",
                  "| agra | x-agra-s0 | 0 | oracle |",
-                 "## Paired difference to baseline", "| success.id | 0.400 (1) |",
+                 "## Paired differences (to baseline", "| success.id | 0.400 (1) |",
                  "## Time (seconds)", "`python study/report.py "]:
         assert text in md, f"report.md lacks {text!r}"
     for f in ["success.png", "severity.png", "curve.png", "sensitivity.png", "training.png",
@@ -280,10 +280,11 @@ def regime_run(parent, name, seed, weight, clips, n, v):
     return run
 
 
-def test_families_sweep_and_extra_pairs_of_the_regime(tmp_path):
+def test_families_sweep_and_extra_pairs_of_the_regime(tmp_path, capsys):
     """Runs with video.covered get success per family (mean of its suites), covered (@1) and
     unseen (@2) means; <arm>-d<n> arms are a sweep drawn against n with <arm> at its own count on
-    the sweep's seeds, kept out of the headline; --pair adds a paired row; an unknown arm fails."""
+    the sweep's seeds, kept out of the headline and listed once; --pair adds a paired row, and a
+    pair with an arm that has no runs is skipped with a warning."""
     runs = [regime_run(tmp_path / "runs", f"r-{arm}-s{s}", s, w, c, n, v)
             for arm, w, c, n, v0 in [("wam-clips", 0.0, 8, 500, 0.4),
                                      ("agra-clips", 0.5, 8, 500, 0.6),
@@ -310,5 +311,16 @@ def test_families_sweep_and_extra_pairs_of_the_regime(tmp_path):
     head = [line for line in md.split("Success per suite family")[0].splitlines()
             if line.startswith("| agra-clips-d125")]
     assert not head, "a sweep point sits in the headline table"
-    with pytest.raises(ValueError, match="--pair agra:nope: no arm named nope"):
-        report.main([*map(str, runs), "--out", str(tmp_path / "rep2"), "--pair", "agra:nope"])
+    report.main([*map(str, runs), "--out", str(tmp_path / "rep2"), "--pair", "agra:nope"])
+    assert "--pair agra:nope skipped: no runs of arm nope" in capsys.readouterr().err
+    assert "| agra - nope |" not in (tmp_path / "rep2" / "summary.md").read_text()
+    sweep_only = report.summary({"agra-clips-d125": ["x"]}, {"x": {"success.id": 1.0,
+                                "success.a@1": 0.5, "teacher": "t"}}, {"x": 0}, "wam-clips",
+                                configs={"x": {"data.n_episodes": 125}})
+    assert sweep_only.count("| agra-clips-d125 |") == 1, sweep_only  # per suite, not as headline
+    assert "| agra-clips | 125 | 1.000 | 0.500 |" in sweep_only, sweep_only
+    cov = {"video.covered": ["a@1"]}
+    fam = report.with_families({"x": {"success.id": 1.0, "success.a@1": 0.8, "success.a@2": 0.2},
+                                "y": {"success.id": 1.0, "success.a@1": 0.6}}, {"x": cov, "y": cov})
+    assert fam["x"]["family.ood"] == 0.8 and "family.unseen" not in fam["x"], fam
+    assert "not every run has a@2" in capsys.readouterr().err

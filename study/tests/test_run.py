@@ -197,7 +197,8 @@ def test_the_report_skips_unfinished_records_and_fills_the_readme_block_if_any(t
     (tmp_path / "calls.txt").unlink()
     report = next(c for c in study(tmp_path, "headline", seeds="0")
                   if c.startswith("study/report.py"))
-    assert "--out results/tiny --readme README.md --baseline baseline" in report, report
+    assert report.endswith("--out results/tiny --readme README.md --baseline baseline "
+                           "--reference agra"), report
 
 
 def test_workers_take_each_item_once(tmp_path):

@@ -3,7 +3,7 @@ perturbations that change only what they name, OOD suites disjoint from id, the 
 inputs. One World is shared by the module's tests: making envs and renderers is the slow part."""
 
 import importlib.util
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ import torch
 if importlib.util.find_spec("metaworld") is None:  # not importorskip: mworld must import mujoco
     pytest.skip("metaworld is not installed", allow_module_level=True)  # first (MUJOCO_GL)
 import mworld
-from config import DataConfig, MWSuite, get_suite, load_config
+from config import MWSuite, get_suite, load_config
 from mworld import BACKGROUND, DISTRACTOR, GRIPPER, ROBOT, TARGET, TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,16 +135,20 @@ def test_ood_suites_lie_outside_the_id_band():
     assert len(MW.suites) == 1 + 2 * 6, f"suites {list(MW.suites)}: id + 6 kinds at 2 severities"
 
 
-def test_demos_have_their_shapes_and_only_the_kept_frames():
-    """generate_demos stores actions (E, L, 4) in [-1, 1] for every step but frames and masks
-    only every frame_every steps, one episode per task per round."""
-    mw = replace(MW, max_steps=8, frame_every=4, episodes_per_task=1)
-    d = mworld.generate_demos(mw, DataConfig(random_action_frac=0.0), suite("id"))
-    E = len(TASKS)
+def test_demos_have_their_shapes_and_only_the_kept_frames(tmp_path):
+    """make_demos stores actions (E, L, 4) in [-1, 1] for every step but frames and masks only
+    every frame_every steps, one episode per task per round, and a second call reads the cache."""
+    cfg = load_config(ROOT / "configs" / "metaworld.yaml", [
+        "metaworld.max_steps=8", "metaworld.frame_every=4", "metaworld.episodes_per_task=1",
+        f"data.cache_dir={str(tmp_path)!r}", "data.random_action_frac=0.0"])
+    d, E = mworld.make_demos(cfg), len(TASKS)
     assert d["frames"].shape == (E, 3, 3, 64, 64) and d["masks"].shape == (E, 3, 64, 64)
     assert d["actions"].shape == (E, 8, 4) and d["actions"].abs().max() <= 1
     assert d["frame_steps"].tolist() == [0, 4, 8] and d["task"].tolist() == ALL.tolist()
     assert d["success"].dtype == torch.bool and d["success"].shape == (E,)
+    assert [p.name for p in tmp_path.iterdir()] == [f"mwdemos-{d['hash']}.pt"]
+    again = mworld.make_demos(cfg)
+    assert all(torch.equal(d[k], again[k]) for k in d if k != "hash"), "the cache differs"
 
 
 def test_bad_input_is_refused_by_name(world):

@@ -368,14 +368,13 @@ def main(cfg):
     out.mkdir(parents=True, exist_ok=True)
     check(mw.suites, "metaworld.suites is empty; expected a Meta-World preset "
           "(configs/metaworld.yaml)")
-    world, task, side, label = World(mw), torch.arange(len(TASKS)), 128, 120
+    world, task, label = World(mw), torch.arange(len(TASKS)), 120
     try:
         rows = []
         for name in mw.suites:  # a labelled strip of one first frame per task
             world.reset(get_suite(mw.suites, name, MWSuite, "metaworld.suites"), task,
                         cfg.data.seed)
-            frames = world.render()[0]                                     # (n, 3, H, W)
-            frames = torch.nn.functional.interpolate(frames.float(), size=side)
+            frames = world.render()[0]                     # (n, 3, H, W): the model's pixels
             strip = Image.fromarray(make_grid(frames, nrow=len(TASKS), padding=2, pad_value=255)
                                     .byte().permute(1, 2, 0).numpy())
             row = Image.new("RGB", (label + strip.width, strip.height), "white")

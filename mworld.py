@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from config import MW_TEXTURES, PALETTE, MWSuite, check, check_choice, get_suite
+from data import cached
 from world import BACKGROUND, GOAL, GRIPPER, TARGET
 
 ROBOT, DISTRACTOR = 4, 5  # mask ids after world.py's: the arm but the gripper; the visual-only geoms
@@ -95,8 +96,8 @@ class _Env:
             while p:
                 p = m.body_parentid[p]
                 chain.append(body[p])
-            kind[b] = GRIPPER if "hand" in chain else ROBOT if "base" in chain else \
-                BACKGROUND if chain[0] in ("world", "tablelink", "RetainingWall", "mocap") else TARGET
+            kind[b] = GRIPPER if "hand" in chain else ROBOT if "base" in chain else BACKGROUND \
+                if b == 0 or {"tablelink", "RetainingWall", "mocap"} & set(chain) else TARGET
         self.geom_id, self.site_id = kind[m.geom_bodyid], kind[m.site_bodyid]  # (ngeom,), (nsite,)
         sites = [m.site(i).name for i in range(m.nsite)]
         if "goal" in sites:  # button-press-topdown has none: its goal is the button's travel
@@ -211,7 +212,7 @@ class World:
             e.obs, _ = e.env.reset()
             e.dress(_appearance(suite, e.obs, [*seed, i]), self.mw)
             self.envs.append(e)
-        self.task, self.done = task.clone(), torch.zeros(len(task), dtype=torch.bool)
+        self.task, self.succ = task.clone(), torch.zeros(len(task), dtype=torch.bool)
 
     def step(self, action):
         """Apply actions (B, 4) in [-1, 1] (clamped); success() then holds this step's."""
@@ -225,11 +226,11 @@ class World:
         a = action.detach().double().clamp(-1, 1).cpu().numpy()          # (B, 4)
         for i, e in enumerate(self.envs):
             e.obs, _, _, _, info = e.env.step(a[i])
-            self.done[i] = bool(info["success"])
+            self.succ[i] = bool(info["success"])
 
     def success(self):
         """(B,) bool: info["success"] of the last step (False right after reset)."""
-        return self.done.clone()
+        return self.succ.clone()
 
     def expert(self):
         """(B, 4) float32 actions of Meta-World's scripted experts, clamped to [-1, 1]."""
@@ -314,14 +315,12 @@ def make_demos(cfg):
     """Expert demonstrations (see generate_demos) plus "hash", cached in
     data.cache_dir/mwdemos-<hash>.pt, keyed by the metaworld section (its suites but id aside),
     data.seed, expert_noise, random_action_frac, the id suite and TASKS."""
-    import data  # data imports world only; a top-level import would be fine too, but is unneeded
-
     mw = cfg.metaworld
     suite = get_suite(mw.suites, "id", MWSuite, "metaworld.suites")
     key = {"metaworld": {k: v for k, v in asdict(mw).items() if k != "suites"},
            "data": {k: getattr(cfg.data, k) for k in ["seed", "expert_noise", "random_action_frac"]},
            "id": asdict(suite), "tasks": TASKS, "version": 1}
-    return data.cached(cfg, "mwdemos", key, lambda: generate_demos(mw, cfg.data, suite))
+    return cached(cfg, "mwdemos", key, lambda: generate_demos(mw, cfg.data, suite))
 
 
 def generate_demos(mw, data, suite):

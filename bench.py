@@ -1,4 +1,4 @@
-"""Speed figures: `python bench.py [env|attention|train|act|teacher|all] [--json PATH]
+"""Speed figures: `python bench.py [env|attention|train|act|teacher|metaworld|all] [--json PATH]
 [--config PATH] [--threads N] [--quick] [section.key=value ...]` (overrides as in train.py, e.g.
 `python bench.py train --config configs/gpu.yaml train.batch_size=512 train.compile=True`).
 
@@ -6,7 +6,9 @@ Prints a table (figure, value, goal, device); --json writes the figures as flat 
 medians over repetitions after warm-up. Every comparison (sdpa vs math, AGRA vs baseline, act
 steps) is a ratio measured in the same run, the variants' repetitions interleaved so machine
 noise hits them alike. On CUDA, train and act run under bf16 autocast as train.py does.
---quick only checks that the code runs: its numbers are not figures.
+--quick only checks that the code runs: its numbers are not figures. `metaworld` (not in `all`)
+measures Meta-World (mworld.py) and needs its preset: `python bench.py metaworld --config
+configs/metaworld.yaml`.
 """
 import argparse
 import copy
@@ -36,7 +38,8 @@ GOALS = {  # figure prefix -> (goal on the 2-core CPU, goal on one H100)
     "act.ms_batch1": ("<= 60", "<= 10")}
 PEAKS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}  # bf16 dense
 STEPS = [1, 2, 4, 8]  # act() Euler steps compared: the latency lever of the action head
-REPS, WARMUP, QUICK_REPS = {"env": 20, "attention": 10, "train": 10, "act": 50, "teacher": 5}, 3, 2
+REPS, WARMUP, QUICK_REPS = {"env": 20, "attention": 10, "train": 10, "act": 50, "teacher": 5,
+                           "metaworld": 3}, 3, 2
 
 
 def device_name(device):
@@ -219,8 +222,52 @@ def bench_teacher(cfg, device, ctx, reps, warmup):
     return {f"teacher.images_per_s.{k}": n / v for k, v in t.items()}
 
 
+def bench_metaworld(cfg, device, ctx, reps, warmup):
+    """Meta-World on the CPU (a Python loop over envs, Mesa's software renderer), one env per
+    task: steps/s with a 64 px frame and mask rendered every step, and without rendering;
+    seconds per demonstration (the expert, a frame every metaworld.frame_every steps) and per
+    evaluation-length episode (a frame every eval.replan steps, when a policy replans)."""
+    import mworld  # here only: it loads metaworld and sets up headless rendering
+    from config import MWSuite
+
+    mw = cfg.metaworld
+    if not mw.suites:
+        raise SystemExit("bench.py metaworld: metaworld.suites is empty; expected "
+                         "--config configs/metaworld.yaml")
+    world, task = mworld.World(mw), torch.arange(len(mworld.TASKS))
+    suite = get_suite(mw.suites, "id", MWSuite, "metaworld.suites")
+    try:
+        world.reset(suite, task, 0)  # makes the envs and renderers: not timed
+
+        def steps(n, draw):  # n expert steps of every env
+            for _ in range(n):
+                world.step(world.expert())
+                if draw:
+                    world.render()
+
+        def episode(every):  # a fresh layout, then max_steps expert steps
+            world.reset(suite, task, 1)
+            mworld.rollout(world, lambda t, f: world.expert(), mw.max_steps, every)
+
+        n = 2 if reps == QUICK_REPS else 25
+        t = timeit({"render": lambda: steps(n, True), "physics": lambda: steps(n, False)},
+                   device, reps, min(warmup, 1))
+        e = timeit({"demo": lambda: episode(mw.frame_every), "eval": lambda: episode(
+            cfg.eval.replan)}, device, reps, min(warmup, 1))
+    finally:
+        world.close()
+    print(f"metaworld: {len(task)} envs ({', '.join(mworld.TASKS)}), {mw.res} px, episodes of "
+          f"{mw.max_steps} steps; a frame every {mw.frame_every} steps (demo), every "
+          f"{cfg.eval.replan} (eval)")
+    B = len(task)
+    return {"metaworld.rendered_steps_per_s": n * B / t["render"],
+            "metaworld.physics_steps_per_s": n * B / t["physics"],
+            "metaworld.s_per_demo": e["demo"] / B, "metaworld.s_per_eval_episode": e["eval"] / B}
+
+
 BENCHES = {"env": bench_env, "attention": bench_attention, "train": bench_train, "act": bench_act,
-           "teacher": bench_teacher}
+           "teacher": bench_teacher, "metaworld": bench_metaworld}
+ALL = ["env", "attention", "train", "act", "teacher"]  # `all`: metaworld needs its own preset
 
 
 def goal(key, device):
@@ -257,7 +304,7 @@ def main(argv=None):
           f"{torch.__version__} | threads {torch.get_num_threads()}"
           + (" | QUICK: smoke test, not figures" if args.quick else ""))
     results = {}
-    for group in BENCHES if args.group == "all" else [args.group]:
+    for group in ALL if args.group == "all" else [args.group]:
         reps, warmup = (QUICK_REPS, 1) if args.quick else (REPS[group], WARMUP)
         results.update(BENCHES[group](cfg, device, ctx, reps, warmup))
     print(f"{'figure':40s} {'value':>12s}  {'goal':10s} device")

@@ -26,6 +26,8 @@ PALETTE = {  # RGB in [0, 1]; colour id = index in list(PALETTE); the task colou
 SHAPES = ["square", "disc", "triangle", "diamond", "cross", "ring"]  # shape id = index
 TEXTURES = ["plain", "stripes", "checker", "noise", "dots", "waves"]  # texture id = index
 TEACHERS = ["oracle", "oracle_task", "dinov2", "random", "shuffled"]
+MW_TEXTURES = ["wood", "stripes", "checker", "noise"]  # Meta-World table textures; wood = stock
+MW_SHAPES = ["box", "sphere", "cylinder"]  # Meta-World visual-only distractor shapes
 
 
 # ---- checks -----------------------------------------------------------------
@@ -142,17 +144,51 @@ class Suite:
               f"expected two or more distinct colours, or one not in {TASK_COLORS}")
 
 
-def get_suite(suites, name):
-    """Suite `name`: the `id` entry overridden by suites[name]; unknown names and keys raise."""
+def get_suite(suites, name, cls=None, where="suites"):
+    """Suite `name` (a `cls`, default Suite): the `id` entry overridden by suites[name]; unknown
+    names and keys raise. `where` names the suites' place in the config, for the messages."""
+    cls = Suite if cls is None else cls
     if name not in suites or "id" not in suites:
         raise KeyError(f"unknown suite {name!r} (or no 'id' suite); defined: {sorted(suites)}")
-    valid = [f.name for f in fields(Suite)]
+    valid = [f.name for f in fields(cls)]
     for part in ("id", name):
-        check_keys(f"suites.{part}.", suites[part], valid)
+        check_keys(f"{where}.{part}.", suites[part], valid)
     missing = [k for k in valid if k not in suites["id"]]
     if missing:
-        raise KeyError(f"suite 'id' lacks {missing}: it must list every Suite field")
-    return Suite(**{**suites["id"], **suites[name]})
+        raise KeyError(f"suite 'id' lacks {missing}: it must list every {cls.__name__} field")
+    return cls(**{**suites["id"], **suites[name]})
+
+
+@dataclass
+@checked
+class MWSuite:
+    """What mworld.World.reset draws a Meta-World episode's appearance from (the layout is
+    Meta-World's own, from the seed). Ranges are [lo, hi]; no defaults: configs/metaworld.yaml's
+    `id` has them. Every field changes pixels only, never physics."""
+    table_colors: list               # RGB in [0, 1] multiplying the table's wood texture
+    table_jitter: float              # each table channel + U(-jitter, jitter)
+    table_textures: list             # of MW_TEXTURES: the pattern laid over the wood
+    texture_contrast: list           # pattern amplitude, a fraction of the wood's brightness
+    light: list                      # gain on every light's diffuse and the headlight
+    object_hue: list                 # degrees the task object's colours turn (random sign)
+    camera_shift: list               # degrees azimuth and elevation move (each a random sign)
+    n_distractors: list              # visual-only geoms drawn on the table (no physics)
+    distractor_colors: list          # of PALETTE
+    distractor_shapes: list          # of MW_SHAPES
+
+    def check(self):
+        for k, valid in [("table_textures", MW_TEXTURES), ("distractor_colors", PALETTE),
+                         ("distractor_shapes", MW_SHAPES)]:
+            v = getattr(self, k)
+            check(v and set(v) <= set(valid), f"suite.{k} = {v}; expected names from {list(valid)}")
+        for k in ["texture_contrast", "light", "object_hue", "camera_shift", "n_distractors"]:
+            v = getattr(self, k)
+            check(len(v) == 2 and 0 <= v[0] <= v[1], f"suite.{k} = {v}; expected [lo, hi] "
+                  "with 0 <= lo <= hi")
+        check(self.table_colors and all(len(c) == 3 and 0 <= min(c) <= max(c) <= 1
+                                        for c in self.table_colors),
+              f"suite.table_colors = {self.table_colors}; expected RGB lists in [0, 1]")
+        check(self.table_jitter >= 0, f"suite.table_jitter = {self.table_jitter}; expected >= 0")
 
 
 @dataclass
@@ -190,6 +226,32 @@ class VideoConfig:
         positive(self, "video", ["n_clips"], low=0)
         check_choice("video.effector", self.effector, ["hand", "gripper"])
         check(0 <= self.ratio < 1, f"video.ratio = {self.ratio}; expected a share in [0, 1)")
+
+
+@dataclass
+@checked
+class MetaWorldConfig:
+    res: int = 64                    # frame side in pixels (mworld.py renders Meta-World at this)
+    max_steps: int = 150             # episode length L (steps) of demos and evaluation episodes
+    frame_every: int = 4             # demos keep the frame of every this many steps (the model's)
+    episodes_per_task: int = 50      # expert demos per task of mworld.TASKS
+    camera: list = field(default_factory=lambda: [0.0, 0.65, 0.1, 1.0, 150.0, -35.0])
+                                     # free camera: lookat x, y, z (m), distance (m), azimuth,
+                                     # elevation (degrees)
+    max_distractors: int = 6         # visual-only distractor geoms a suite may draw
+    suites: dict = field(default_factory=dict)  # MWSuite per name; configs/metaworld.yaml's
+
+    def check(self):
+        positive(self, "metaworld", ["res", "max_steps", "frame_every", "episodes_per_task"])
+        positive(self, "metaworld", ["max_distractors"], low=0)
+        check(self.max_steps < 500, f"metaworld.max_steps = {self.max_steps}; expected < 500 "
+              "(Meta-World refuses to step past 500 without a reset)")
+        check(len(self.camera) == 6 and self.camera[3] > 0, f"metaworld.camera = {self.camera}; "
+              "expected [x, y, z, distance > 0, azimuth, elevation]")
+        for name in self.suites:  # every suite's keys and values now, not mid-run
+            n = get_suite(self.suites, name, MWSuite, "metaworld.suites").n_distractors[1]
+            check(n <= self.max_distractors, f"metaworld.suites.{name}.n_distractors reaches "
+                  f"{n}; expected <= metaworld.max_distractors = {self.max_distractors}")
 
 
 @dataclass
@@ -311,7 +373,8 @@ class EvalConfig:
 
 
 SECTIONS = {"env": EnvConfig, "data": DataConfig, "video": VideoConfig, "model": ModelConfig,
-            "align": AlignConfig, "train": TrainConfig, "eval": EvalConfig}
+            "align": AlignConfig, "train": TrainConfig, "eval": EvalConfig,
+            "metaworld": MetaWorldConfig}
 
 
 @dataclass
@@ -325,6 +388,7 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    metaworld: MetaWorldConfig = field(default_factory=MetaWorldConfig)
 
 
 # ---- loading: YAML + base + overrides -> Config, every key and type checked --

@@ -1,6 +1,7 @@
 """Expert demonstrations of the tabletop world (world.py), cached on disk, and the Dataset of
 training windows. `python data.py [config.yaml] [section.key=value ...]` writes a PNG of every
-suite and expert GIFs, and prints the scripted expert's success rate on every suite.
+suite and expert GIFs, and prints the scripted expert's success rate on every suite (for a
+Meta-World preset, configs/metaworld.yaml, mworld.main does the same for Meta-World).
 B windows   E episodes   L = env.max_steps   K = 1 + env.max_distractors blocks
 T = n_ctx + n_future frames per window   Ha action horizon   H = W = env.res
 """
@@ -169,6 +170,9 @@ class Dataset(torch.utils.data.Dataset):
 # ---- python data.py [config.yaml] [section.key=value ...]: look at the world -
 def main(argv):
     cfg = cli_config(argv or ["config.yaml"], "usage: python data.py [CONFIG] [section.key=value ...]")
+    if cfg.metaworld.suites:  # a Meta-World preset (configs/metaworld.yaml): mworld.py shows it
+        import mworld  # here only: it loads metaworld and sets up headless rendering
+        return mworld.main(cfg)
     env, out, seed = cfg.env, Path(cfg.data.cache_dir) / "preview", cfg.data.seed
     out.mkdir(parents=True, exist_ok=True)
 

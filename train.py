@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import world
 from align import align_loss, build_teacher, targets, teacher_features
-from config import atomic_save, cli_config, pick_device, seeded_rng
+from config import SECTIONS, atomic_save, cli_config, pick_device, seeded_rng
 from data import Dataset, make_clips, make_demos
 from model import WAM
 
@@ -129,6 +129,8 @@ def preflight(cfg, world_size=1):
     ckpt_path = Path(tc.out_dir) / cfg.name / "ckpt.pt"
     if ckpt_path.exists():
         want, had = asdict(cfg), load_checkpoint(ckpt_path, mmap=True)["config"]
+        # a section added after the checkpoint was written (metaworld) had its defaults there
+        had = {**{s: asdict(c()) for s, c in SECTIONS.items() if s not in had}, **had}
         diff = [f"{s}.{k}" for s in want if isinstance(want[s], dict) and s != "suites"
                 for k in want[s] if want[s][k] != had.get(s, {}).get(k)]
         diff += [s for s in want if not isinstance(want[s], dict) or s == "suites"

@@ -269,3 +269,17 @@ def test_init_from_and_resume_reject_bad_values(tmp_path):
                        r"different config \(align\.weight, train\.steps"):
         train.train(load_config(TINY, run_args(tmp_path, "old", "train.steps=40",
                                                "align.weight=0.1")))
+
+
+def test_a_checkpoint_older_than_a_config_section_still_resumes(tmp_path):
+    """A checkpoint written before a config section existed (metaworld) resumes while that
+    section holds its defaults, and is refused, naming the key, once it does not."""
+    train.train(load_config(TINY, run_args(tmp_path, "old", "train.steps=2")))
+    path = tmp_path / "runs" / "old" / "ckpt.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["metaworld"]  # as every checkpoint from before the section was
+    torch.save(ckpt, path)
+    train.preflight(load_config(TINY, run_args(tmp_path, "old", "train.steps=2")))
+    with pytest.raises(ValueError, match=r"different config \(metaworld\.res\)"):
+        train.preflight(load_config(TINY, run_args(tmp_path, "old", "train.steps=2",
+                                                   "metaworld.res=32")))

@@ -84,14 +84,24 @@ def read_csv(path):
 
 
 def arms_of(runs):
-    """{arm name: [run dirs]}: runs whose configs differ only in name, train.seed and paths."""
-    groups = {}
+    """{arm name: [run dirs]}: runs whose configs differ only in name, train.seed and paths. A key
+    only some configs have, with one value in all of them (a knob added to the code between
+    runs, at its default: the old behaviour), is named on stderr and left out of the comparison."""
+    groups, configs = {}, {}
     for r in runs:
         c = flat(yaml.safe_load((r / "config.yaml").read_text()))
         if c.get("train.init_from"):  # each seed starts from its own seed's pretrain: one arm
             c["train.init_from"] = re.sub(r"[-_]s(eed)?\d+(?=[/\\])", "", c["train.init_from"])
-        key = json.dumps({k: v for k, v in c.items()
-                          if k not in ARM_FREE and not k.startswith("eval.")}, sort_keys=True)
+        configs[r] = c
+    shared = set.intersection(*(set(c) for c in configs.values())) if configs else set()
+    new = [k for k in sorted(set().union(*configs.values()) - shared)
+           if len({json.dumps(c[k]) for c in configs.values() if k in c}) == 1]
+    if new:
+        print(f"report: keys only some runs' configs have, each with one value, not compared: "
+              f"{', '.join(new)}", file=sys.stderr)
+    for r, c in configs.items():
+        key = json.dumps({k: v for k, v in c.items() if k not in new and k not in ARM_FREE
+                          and not k.startswith("eval.")}, sort_keys=True)
         groups.setdefault(key, []).append(r)
     names = [re.sub(r"[-_]s(eed)?\d+$", "", Path(rs[0]).resolve().name) for rs in groups.values()]
     cut = os.path.commonprefix(names).rfind("-") + 1 if len(names) > 1 else 0

@@ -82,6 +82,20 @@ def test_mean_ci_and_arms(tmp_path):
         "agra": ["x-agra-s0"], "baseline": ["x-baseline-s0", "x-baseline-s1"]}, arms
 
 
+def test_a_knob_added_between_runs_at_one_value_does_not_split_an_arm(tmp_path, capsys):
+    """Seed 1 ran after the code gained a knob (its config has it, seed 0's not): one arm, the key
+    named on stderr; a knob that differs where present still splits the arms."""
+    runs = [make_run(tmp_path / "runs", f"x-agra-s{s}", s, 0.5, 0.5) for s in (0, 1)]
+    runs += [make_run(tmp_path / "runs", "x-abl-s1", 1, 0.5, 0.5)]
+    for r, value in [(runs[1], "all"), (runs[2], "clips")]:
+        cfg = yaml.safe_load((r / "config.yaml").read_text())
+        cfg["align"]["windows"] = value
+        (r / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert list(report.arms_of(runs[:2]).values()) == [runs[:2]]
+    assert "not compared: align.windows" in capsys.readouterr().err
+    assert len(report.arms_of(runs)) == 3, report.arms_of(runs)
+
+
 def test_frozen_arms_group_over_seeds_and_apart_by_pretrain(tmp_path):
     """Runs started from their own seed's pretrain form one arm; another pretrain, another arm."""
     for arm, pre in [("frozen", "frozen-pre"), ("frozen-agra", "frozen-agra-pre")]:

@@ -32,13 +32,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import MW_TEXTURES, PALETTE, MWSuite, check, check_choice, get_suite
+from config import (
+    MW_ACTION_DIM,
+    MW_TASKS,
+    MW_TEXTURES,
+    PALETTE,
+    MWSuite,
+    check,
+    check_choice,
+    get_suite,
+)
 from data import cached
 from world import BACKGROUND, GOAL, GRIPPER, TARGET
 
 ROBOT, DISTRACTOR = 4, 5  # mask ids after world.py's: the arm but the gripper; the visual-only geoms
-TASKS = ["reach", "push", "pick-place", "drawer-open", "button-press-topdown", "window-open"]
-A = 4  # action dim; task id = TASKS.index(name)
+TASKS, A = MW_TASKS, MW_ACTION_DIM  # task id = TASKS.index(name); action dim (config.py's)
 TABLE_BOX = [-0.35, 0.45, 0.35, 0.85]  # x0, y0, x1, y1 (m): where distractors stand on the table
 CLEAR = 0.1  # distractors keep this far (m, in xy) from the hand, the object and the goal
 SHAPE_TYPE = {"box": mujoco.mjtGeom.mjGEOM_BOX, "sphere": mujoco.mjtGeom.mjGEOM_SPHERE,

@@ -213,7 +213,7 @@ def test_bad_inputs_raise():
              (frames.bfloat16(), task, {}, "dtype torch.bfloat16"),
              (frames.clamp(-1, 1).index_fill(0, torch.tensor([0]), -1.0001), task, {},
               r"-1.0001\d*, "), (nan, task, {}, "nan"),
-             (frames, torch.tensor([0, 4]), {}, r"expected ids \[0, 1, 2, 3\] \(the reach"),
+             (frames, torch.tensor([0, 4]), {}, r"expected ids \[0, 1, 2, 3\] \(reach-red, reach-green"),
              (frames, 1, {}, "task 1; expected a .2,. long tensor"),
              (frames, [0, 1], {}, r"task \[0, 1\]"), (frames, task[:1], {}, "task"),
              (frames, task.float(), {}, "task"),

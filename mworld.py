@@ -150,8 +150,9 @@ class _Env:
         cam.azimuth, cam.elevation = mw.camera[4] + app["camera"][0], mw.camera[5] + app["camera"][1]
         self.distractors = app["distractors"]
 
-    def render(self):
-        """(H, W, 3) uint8 RGB and (H, W) uint8 entity ids of the current state."""
+    def render(self, masks=True):
+        """(H, W, 3) uint8 RGB and (H, W) uint8 entity ids of the current state (None without
+        masks: the segmentation pass is skipped)."""
         r = self.renderer
         r.update_scene(self.env.data, self.camera)
         scn = r.scene
@@ -164,6 +165,8 @@ class _Env:
             g.objtype, g.objid = mujoco.mjtObj.mjOBJ_UNKNOWN, -1
             scn.ngeom += 1
         rgb = r.render()
+        if not masks:
+            return rgb, None
         r.enable_segmentation_rendering()
         seg = r.render()                                          # (H, W, 2): object id, type
         r.disable_segmentation_rendering()
@@ -247,11 +250,12 @@ class World:
             a = np.stack([e.policy.get_action(e.obs) for e in self.envs])   # (B, 4)
         return torch.from_numpy(a).float().clamp(-1, 1)
 
-    def render(self):
-        """frames (B, 3, H, W) uint8 and masks (B, H, W) uint8 entity ids of the current states."""
-        rgb, masks = zip(*(e.render() for e in self.envs))
+    def render(self, masks=True):
+        """frames (B, 3, H, W) uint8 and masks (B, H, W) uint8 entity ids of the current states
+        (None without masks: a policy reads frames alone)."""
+        rgb, ids = zip(*(e.render(masks) for e in self.envs))
         return torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).contiguous(), \
-            torch.from_numpy(np.stack(masks))
+            torch.from_numpy(np.stack(ids)) if masks else None
 
     def close(self):
         for e in self.pool.values():

@@ -256,6 +256,38 @@ def test_policy_strides_the_context_and_queues_the_chunk():
         Policy(model, 2, 2, 5)
 
 
+@pytest.mark.parametrize("n_ctx, stride, replan", [(2, 2, 2), (1, 4, 4), (3, 4, 2), (2, 3, 4)])
+def test_policy_reads_only_the_frames_needs_frame_names(n_ctx, stride, replan):
+    """A Policy given frame None on every step whose needs_frame is False acts exactly as one given
+    every frame (a renderer may skip those steps); a None the context needs is refused."""
+    class Echo(torch.nn.Module):  # act() returns its context's frame values as the chunk
+        horizon = 4
+
+        def __init__(self):
+            super().__init__()
+            self.x_embedder = torch.nn.Linear(1, 1)
+
+        def act(self, frames, task, steps=None):
+            return frames[:, :, 0, 0, 0].sum(1)[:, None, None].expand(1, 4, 2)  # (1, Ha, 2)
+
+    task, runs = torch.zeros(1, dtype=torch.long), []
+    for sparse in (False, True):
+        policy, got = Policy(Echo(), n_ctx, stride, replan), []
+        for t in range(20):
+            frame = torch.full((1, 3, 4, 4), t, dtype=torch.uint8)
+            skip = sparse and not policy.needs_frame(t)
+            got.append(policy.select_action({"frame": None if skip else frame, "task": task}))
+        runs.append(torch.cat(got))
+    assert torch.equal(*runs), f"skipping frames changed the actions: {runs}"
+    policy, zero = Policy(Echo(), 2, 2, 4), torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="step 0 is always read"):
+        policy.select_action({"frame": None, "task": task})
+    for frame in [zero, None, None, None]:  # step 2 is step 4's context: needed, but None
+        policy.select_action({"frame": frame, "task": task})
+    with pytest.raises(ValueError, match="context frame of this planning step was passed as None"):
+        policy.select_action({"frame": zero, "task": task})
+
+
 def test_tiny_model_overfits_one_batch():
     """With the noise and timesteps fixed, both losses fall below a third of their start on one batch."""
     model, batch = make_model(), make_batch(b=4)

@@ -3,6 +3,7 @@ actions and every teacher, and eval.py evaluates it (closed-loop success per tas
 attention, PSNR; the tabletop-only analyses recorded as absent). Demos are made once per module."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 if importlib.util.find_spec("metaworld") is None:  # not importorskip: mworld must import mujoco
     pytest.skip("metaworld is not installed", allow_module_level=True)  # first (MUJOCO_GL)
+import eval as ev
 import mworld
 import train
 from config import load_config
@@ -38,6 +40,13 @@ def tmp(tmp_path_factory):
     return tmp_path_factory.mktemp("mw")
 
 
+def trained(tmp, teacher):
+    """The tiny run of this teacher, trained once per module."""
+    out = tmp / "runs" / teacher
+    return out if (out / "ckpt.pt").exists() else \
+        train.train(tiny(tmp, teacher, f"align.teacher={teacher!r}"))
+
+
 @pytest.mark.parametrize("teacher", ["oracle", "shuffled", "random"])
 def test_a_tiny_metaworld_run_trains_with_4d_actions(tmp, teacher):
     """A tiny Meta-World run trains a few steps on batches of (B, Ha, 4) actions with finite
@@ -46,7 +55,7 @@ def test_a_tiny_metaworld_run_trains_with_4d_actions(tmp, teacher):
     demos = mworld.make_demos(cfg)
     b = Dataset(demos, cfg.data).batch(torch.arange(8))
     assert b["actions"].shape == (8, cfg.data.horizon, 4), b["actions"].shape
-    out = train.train(cfg)
+    out = trained(tmp, teacher)
     ckpt = train.load_checkpoint(out / "ckpt.pt")
     assert ckpt["step"] == 4 and ckpt["teacher"] == teacher, (ckpt["step"], ckpt["teacher"])
     assert ckpt["model"]["action_head.x_embedder.weight"].shape[1] == 4, "action dim is not 4"
@@ -63,3 +72,20 @@ def test_mworld_mask_ids_are_the_oracle_kinds():
            mworld.DISTRACTOR]
     assert ids == list(range(len(MW_ENTITIES))), (ids, MW_ENTITIES)
     assert (MW_ENTITIES[mworld.ROBOT], MW_ENTITIES[mworld.TARGET]) == ("robot", "task object")
+
+
+def test_eval_gives_success_per_task_and_suite_and_marks_tabletop_parts_absent(tmp):
+    """eval.py on a tiny Meta-World run gives success per suite and per (suite, task) in [0, 1],
+    attention in the interaction region, PSNR and hidden-state interventions; the pixel
+    interventions and the probes are recorded as absent, with none of their keys."""
+    m = ev.evaluate(trained(tmp, "oracle"))
+    tasks = mworld.TASKS
+    for suite in ["id", "table@2"]:
+        rates = [m[f"success.{suite}"]] + [m[f"success_task.{suite}.{t}"] for t in tasks]
+        assert all(0 <= r <= 1 for r in rates), (suite, rates)
+    assert 0 <= m["success_curve.id@4"] <= 1, m["success_curve.id@4"]
+    assert 0 <= m["attention.in_mask"] <= 1 and math.isfinite(m["video.psnr"]), m
+    assert "intervention.hidden_ratio" in m, sorted(m)
+    assert set(m) >= {"absent.intervention.pixel", "absent.probe"}, sorted(m)
+    assert not [k for k in m if k.startswith(("probe.", "intervention.pixel."))], sorted(m)
+    assert json.loads((tmp / "runs" / "oracle" / "eval" / "metrics.json").read_text()) == m

@@ -139,7 +139,8 @@ class Dataset(torch.utils.data.Dataset):
 
     def __init__(self, demos, data, first_frame=0):
         self.demos, self.data, self.first = demos, data, first_frame
-        self.E, F = demos["frames"].shape[:2]
+        self.E, self.F = demos["frames"].shape[:2]
+        F = self.F  # kept frames per episode
         steps = demos["frame_steps"] if "frame_steps" in demos else torch.arange(F)  # (F,)
         self.every = int(steps[1] - steps[0]) if F > 1 else 1  # k: steps between kept frames
         check(torch.equal(steps, torch.arange(F) * self.every), f"demos' frame_steps "
@@ -152,7 +153,7 @@ class Dataset(torch.utils.data.Dataset):
         self.frames = demos["frames"].flatten(0, 1)                            # (E*F, 3, H, W)
         self.masks = demos["masks"].flatten(0, 1)                              # (E*F, H, W)
         self.actions = demos["actions"].flatten(0, 1) if "actions" in demos else \
-            torch.zeros(self.E * self.L, 2)                                    # (E*L, A)
+            torch.zeros(self.E * self.L, 2)                                    # (E*L, A = 2)
         ctx = torch.arange(-data.n_ctx + 1, 1) * data.stride                   # (n_ctx,)
         self.offsets = torch.cat([ctx, torch.arange(1, data.n_future + 1) * data.stride])  # (T,)
         # the tabletop's block colours and shapes, for its oracle teacher; Meta-World has none
@@ -169,9 +170,8 @@ class Dataset(torch.utils.data.Dataset):
         if idx.dtype != torch.long or idx.dim() != 1 or ((idx < 0) | (idx >= len(self))).any():
             raise IndexError(f"window indices must be a (B,) long tensor in [0, {len(self)})")
         e, t = idx // self.per_ep, idx % self.per_ep * self.every              # (B,) each
-        F = self.frames.shape[0] // self.E
-        frame = ((t[:, None] + self.offsets) // self.every).clamp(0, F - 1)    # (B, T) kept frame
-        frame_index = e[:, None] * F + frame                                   # (B, T)
+        frame = ((t[:, None] + self.offsets) // self.every).clamp(0, self.F - 1)  # (B, T) kept
+        frame_index = e[:, None] * self.F + frame                              # (B, T)
         act = e[:, None] * self.L + t[:, None] + torch.arange(self.data.horizon)  # (B, Ha)
         return {"video": world.to_float(self.frames[frame_index]),     # (B, T, 3, H, W) in [-1, 1]
                 "actions": self.actions[act].float(),                   # (B, Ha, A) in [-1, 1]

@@ -2,7 +2,9 @@
 a frozen teacher's patch features, token by token, with REPA's negative-cosine loss. Teachers:
   dinov2       timm ViT (DINOv2) on the frames, patch tokens resampled to the model's grid
   random       the same ViT with frozen random weights (control: semantics vs "any extra loss")
-  oracle       task-agnostic entity-kind shares per token from the masks (idealised semantics)
+  oracle       task-agnostic entity-kind shares per token from the masks (idealised semantics);
+               on Meta-World the kinds are its mask ids (background, gripper, goal, task object,
+               rest of the robot, distractors)
   oracle_task  task-relative classes (target / distractor ...): privileged ablation
   shuffled     oracle features with each frame's tokens permuted (control: no spatial match)
 Every teacher is an nn.Module called as teacher(batch) on the data batch dict -> (B, T, h, w, Dt).
@@ -22,7 +24,16 @@ from huggingface_hub import try_to_load_from_cache
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from config import PALETTE, SHAPES, atomic_save, check, seeded_rng
+from config import (
+    MW_ENTITIES,
+    PALETTE,
+    SHAPES,
+    atomic_save,
+    check,
+    frame_res,
+    is_metaworld,
+    seeded_rng,
+)
 from world import to_float
 
 SEED = 1234  # fixes the oracle lift, the shuffles and the random ViT across runs
@@ -83,26 +94,36 @@ class OracleTeacher(Frozen):
     (colour, shape) pairs: a red disc and a red square share the red direction, as in DINOv2, and
     there are 3 + colours + shapes kinds, not 3 + colours * shapes. The target is not special.
     task_relative: background, gripper, goal, target, distractor (privileged ablation).
+    entities > 0 (Meta-World, mworld's mask ids 0..entities-1): each mask id is its own kind,
+    one-hot; its batches carry masks only, no block colours or shapes.
     shuffle: each frame's tokens permuted by a permutation fixed per frame, keyed by the global
     batch["frame_index"] when present (same on every path), else by the position t in the window.
     """
 
-    def __init__(self, patch, n_colors, n_shapes, dim, task_relative=False, shuffle=False):
+    def __init__(self, patch, n_colors, n_shapes, dim, task_relative=False, shuffle=False,
+                 entities=0):
         super().__init__()
         self.patch, self.n_colors, self.n_shapes = patch, n_colors, n_shapes
         self.task_relative, self.shuffle, self.dim = task_relative, shuffle, dim
-        self.n_kinds = 5 if task_relative else 3 + n_colors + n_shapes
+        self.entities = entities
+        check(not (entities and task_relative), "the oracle teacher: entities (Meta-World) and "
+              "task_relative (the tabletop's oracle_task) exclude each other")
+        self.n_kinds = entities or (5 if task_relative else 3 + n_colors + n_shapes)
         if dim < self.n_kinds:
             raise ValueError(f"align.oracle_dim={dim} < {self.n_kinds} entity kinds")
         g = torch.Generator().manual_seed(SEED)
         q, _ = torch.linalg.qr(torch.randn(dim, self.n_kinds, generator=g))  # (Dt, kinds)
         self.register_buffer("lift", q.T.contiguous())             # (kinds, Dt) orthonormal rows
-        self.identity = f"oracle{'_task' * task_relative}{'_shuffled' * shuffle}:{self.n_kinds}"
+        self.identity = (f"oracle{'_mw' * bool(entities)}{'_task' * task_relative}"
+                         f"{'_shuffled' * shuffle}:{self.n_kinds}")
 
     def kind_table(self, batch, n_ids):
-        """Mask id -> kind shares (B, n_ids, kinds); ids 0 bg, 1 gripper, 2 goal, 3 + b block b."""
+        """Mask id -> kind shares (B, n_ids, kinds); ids 0 bg, 1 gripper, 2 goal, 3 + b block b
+        (the tabletop), or each id its own kind (entities: Meta-World)."""
         eye = torch.eye(self.n_kinds, device=self.lift.device)     # (kinds, kinds)
-        B = batch["color"].shape[0]
+        B = batch["masks"].shape[0]
+        if self.entities:
+            return eye.expand(B, -1, -1)                           # (B, n_ids = kinds, kinds)
         if self.task_relative:                                     # bg, gripper, goal, target, rest
             rows = torch.tensor([0, 1, 2, 3] + [4] * (n_ids - 4), device=eye.device)  # (n_ids,)
             return eye[rows].expand(B, -1, -1)                     # (B, n_ids, kinds)
@@ -120,10 +141,11 @@ class OracleTeacher(Frozen):
         self.follow(masks)
         (B, T, H, W), p = masks.shape, self.patch
         h, w = H // p, W // p
-        n_ids = 3 + batch["color"].shape[1]
+        n_ids = self.entities or 3 + batch["color"].shape[1]
         if int(masks.max()) >= n_ids:
-            raise ValueError(f"masks hold id {int(masks.max())}; {n_ids - 3} blocks give ids "
-                             f"0..{n_ids - 1}")
+            raise ValueError(f"masks hold id {int(masks.max())}; expected ids 0..{n_ids - 1} ("
+                             + (f"{n_ids} Meta-World entities)" if self.entities
+                                else f"{n_ids - 3} blocks)"))
         share = F.one_hot(masks.long(), n_ids).float()             # (B, T, H, W, n_ids)
         share = share.view(B, T, h, p, w, p, n_ids).mean((3, 5))   # (B, T, h, w, n_ids)
         table = self.kind_table(batch, n_ids)                      # (B, n_ids, kinds)
@@ -204,11 +226,12 @@ def build_teacher(cfg):
     """(teacher, the teacher's name as used) from a Config. dinov2 without a weights file looks in
     the Hugging Face cache (never the network), and without weights there falls back to the
     oracle loudly, or raises with align.strict_teacher."""
-    a, grid = cfg.align, cfg.env.res // cfg.model.patch
+    a, grid = cfg.align, frame_res(cfg) // cfg.model.patch
 
-    def oracle(kind):
+    def oracle(kind):  # Meta-World's kinds: mworld's 6 mask ids (config refuses oracle_task there)
         return OracleTeacher(cfg.model.patch, len(PALETTE), len(SHAPES), a.oracle_dim,
-                             task_relative=kind == "oracle_task", shuffle=kind == "shuffled")
+                             task_relative=kind == "oracle_task", shuffle=kind == "shuffled",
+                             entities=len(MW_ENTITIES) if is_metaworld(cfg) else 0)
 
     if a.teacher in ["oracle", "oracle_task", "shuffled"]:
         return oracle(a.teacher), a.teacher
@@ -242,7 +265,7 @@ def demo_batch(demos, idx, device):
     frames = demos["frames"].flatten(0, 1)[idx]                    # (n, 3, H, W) uint8
     return {"video": to_float(frames.to(device))[:, None],         # (n, 1, 3, H, W)
             "masks": demos["masks"].flatten(0, 1)[idx].to(device)[:, None],  # (n, 1, H, W)
-            "color": demos["color"][ep].to(device), "shape": demos["shape"][ep].to(device),
+            **{k: demos[k][ep].to(device) for k in ["color", "shape"] if k in demos},  # tabletop
             "task": demos["task"][ep].to(device), "frame_index": idx[:, None].to(device)}
 
 

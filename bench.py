@@ -228,10 +228,10 @@ def bench_metaworld(cfg, device, ctx, reps, warmup):
     seconds per demonstration (the expert, a frame every metaworld.frame_every steps) and per
     evaluation-length episode (a frame every eval.replan steps, when a policy replans)."""
     import mworld  # here only: it loads metaworld and sets up headless rendering
-    from config import MWSuite
+    from config import MWSuite, is_metaworld
 
     mw = cfg.metaworld
-    if not mw.suites:
+    if not is_metaworld(cfg):
         raise SystemExit("bench.py metaworld: metaworld.suites is empty; expected "
                          "--config configs/metaworld.yaml")
     world, task = mworld.World(mw), torch.arange(len(mworld.TASKS))

@@ -26,6 +26,10 @@ PALETTE = {  # RGB in [0, 1]; colour id = index in list(PALETTE); the task colou
 SHAPES = ["square", "disc", "triangle", "diamond", "cross", "ring"]  # shape id = index
 TEXTURES = ["plain", "stripes", "checker", "noise", "dots", "waves"]  # texture id = index
 TEACHERS = ["oracle", "oracle_task", "dinov2", "random", "shuffled"]
+MW_TASKS = ["reach", "push", "pick-place", "drawer-open", "button-press-topdown", "window-open"]
+MW_ENTITIES = ["background", "gripper", "goal", "task object", "robot", "distractor"]  # mworld's
+                   # mask ids (id = index; the first four are world.py's)
+MW_ACTION_DIM = 4  # Meta-World actions: xyz deltas + gripper effort (the tabletop's: 2, xy)
 MW_TEXTURES = ["wood", "stripes", "checker", "noise"]  # Meta-World table textures; wood = stock
 MW_SHAPES = ["box", "sphere", "cylinder"]  # Meta-World visual-only distractor shapes
 
@@ -446,7 +450,7 @@ def from_dict(raw):
     for key in ["suites", "curve_suites"]:
         names = getattr(cfg.eval, key)
         for name in names if names != ["all"] else []:  # [all]: every suite
-            check_choice(f"eval.{key} entry", name, list(cfg.suites))
+            check_choice(f"eval.{key} entry", name, list(eval_suites(cfg)))
     check_choice("video.suite", cfg.video.suite, list(cfg.suites))
     for name in cfg.video.covered:
         check_choice("video.covered entry", name, list(cfg.suites))
@@ -460,8 +464,20 @@ def from_dict(raw):
     check(cfg.align.windows != "clips" or v.n_clips, "align.windows = 'clips' with video.n_clips "
           "= 0: there are no clip windows to align; expected video.n_clips > 0")
     m, d = cfg.model, cfg.data
-    check(cfg.env.res % m.patch == 0, f"env.res = {cfg.env.res}; expected a multiple of "
+    res = "metaworld.res" if is_metaworld(cfg) else "env.res"
+    check(frame_res(cfg) % m.patch == 0, f"{res} = {frame_res(cfg)}; expected a multiple of "
           f"model.patch = {m.patch}")
+    if is_metaworld(cfg):
+        mw = cfg.metaworld
+        check(not v.n_clips, f"video.n_clips = {v.n_clips} on a Meta-World run (metaworld.suites "
+              "set); expected 0: the action-free clips are tabletop-only for now")
+        check(d.stride % mw.frame_every == 0, f"data.stride = {d.stride}; expected a multiple of "
+              f"metaworld.frame_every = {mw.frame_every} (context and future frames must be kept)")
+        check(d.horizon <= mw.max_steps, f"data.horizon = {d.horizon}; expected <= "
+              f"metaworld.max_steps = {mw.max_steps}")
+        check(cfg.align.teacher != "oracle_task", "align.teacher = 'oracle_task' on a Meta-World "
+              "run; expected oracle, dinov2, random or shuffled (Meta-World's oracle kinds, its "
+              "mask ids, are task-relative already)")
     check(cfg.align.layer <= m.depth, f"align.layer = {cfg.align.layer}; expected 1..model.depth "
           f"= {m.depth} (1-based)")
     check(cfg.eval.replan <= d.horizon, f"eval.replan = {cfg.eval.replan}; expected 1..data."
@@ -499,6 +515,37 @@ def cli_config(argv, usage):
         return load_config(argv[0], argv[1:])
     except (KeyError, ValueError, TypeError, FileNotFoundError, yaml.YAMLError) as e:
         raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+
+
+# ---- what a run is: the tabletop world or Meta-World -------------------------
+def is_metaworld(cfg):
+    """A run is a Meta-World run when its config sets metaworld.suites (configs/metaworld.yaml)."""
+    return bool(cfg.metaworld.suites)
+
+
+def frame_res(cfg):
+    """Frame side in pixels: metaworld.res for a Meta-World run, env.res otherwise."""
+    return cfg.metaworld.res if is_metaworld(cfg) else cfg.env.res
+
+
+def action_dim(cfg):
+    """A: 4 for Meta-World (xyz deltas, gripper effort), 2 for the tabletop (xy velocity)."""
+    return MW_ACTION_DIM if is_metaworld(cfg) else 2
+
+
+def tasks(cfg):
+    """(names of every task id: the rows of the task embeddings, the ids this run uses): Meta-
+    World's MW_TASKS, all of them; the tabletop's every family and colour, env.task's family."""
+    if is_metaworld(cfg):
+        return list(MW_TASKS), list(range(len(MW_TASKS)))
+    first = FAMILIES.index(cfg.env.task) * len(TASK_COLORS)
+    return ([f"{f}-{c}" for f in FAMILIES for c in TASK_COLORS],
+            list(range(first, first + len(TASK_COLORS))))
+
+
+def eval_suites(cfg):
+    """The suites a run is evaluated on: metaworld.suites (config.MWSuite) or suites (Suite)."""
+    return cfg.metaworld.suites if is_metaworld(cfg) else cfg.suites
 
 
 # ---- shared helpers ---------------------------------------------------------

@@ -18,7 +18,7 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 import world
-from config import atomic_save, check, cli_config, get_suite
+from config import atomic_save, check, cli_config, get_suite, is_metaworld
 
 GEN_FIELDS = ["n_episodes", "seed", "expert_noise", "random_action_frac"]  # what the demos depend on
 CLIP_FIELDS = ["n_clips", "suite", "effector", "seed"]  # what the clips depend on
@@ -122,11 +122,15 @@ def generate_clips(env, video, suite):
 
 
 class Dataset(torch.utils.data.Dataset):
-    """Training windows over make_demos (or make_clips) output: window i is episode i // W at time
-    t = i % W, with W = L - Ha + 1 windows per episode. Frames before 0 repeat frame 0; frames
-    after L repeat L. Clips have no actions: their windows' actions are zeros, never a label (the
-    action loss reads the demos' windows only). frame_index counts from first_frame: the row of
-    the episodes' first frame in a teacher-feature table of demos and clips.
+    """Training windows over make_demos (or make_clips, or mworld.make_demos) output. Demos keep
+    the frames of steps frame_steps (F,) = 0, k, 2k, ... (mworld's; without the key every step's,
+    k = 1, the tabletop's) and the actions of every step. Window i is episode i // W at time
+    t = k * (i % W), a kept frame, with W = (L - Ha) // k + 1 windows per episode; data.stride
+    must be a multiple of k, so every context and future frame is a kept one. Frames before 0
+    repeat frame 0; frames after the last kept one repeat it. Clips have no actions: their
+    windows' actions are zeros, never a label (the action loss reads the demos' windows only).
+    frame_index counts from first_frame: the row of the frame in a teacher-feature table of demos
+    and clips (episode e's kept frame f is row e * F + f).
 
         time     t-(n_ctx-1)*stride ... t-stride   t | t+stride ... t+n_future*stride
         video    [ context frames ..................] | [ future frames ................ ]
@@ -135,15 +139,25 @@ class Dataset(torch.utils.data.Dataset):
 
     def __init__(self, demos, data, first_frame=0):
         self.demos, self.data, self.first = demos, data, first_frame
-        self.E, self.L = demos["frames"].shape[0], demos["frames"].shape[1] - 1
-        self.per_ep = self.L - data.horizon + 1
+        self.E, self.F = demos["frames"].shape[:2]
+        F = self.F  # kept frames per episode
+        steps = demos["frame_steps"] if "frame_steps" in demos else torch.arange(F)  # (F,)
+        self.every = int(steps[1] - steps[0]) if F > 1 else 1  # k: steps between kept frames
+        check(torch.equal(steps, torch.arange(F) * self.every), f"demos' frame_steps "
+              f"{steps.tolist()}; expected 0, k, 2k, ... (one frame every k steps)")
+        check(data.stride % self.every == 0, f"data.stride = {data.stride}; expected a multiple "
+              f"of {self.every}, the steps between the demos' kept frames (metaworld.frame_every)")
+        self.L = demos["actions"].shape[1] if "actions" in demos else (F - 1) * self.every
+        self.per_ep = (self.L - data.horizon) // self.every + 1 if self.L >= data.horizon else 0
         check(self.per_ep >= 1, f"data.horizon = {data.horizon} exceeds the episode length {self.L}")
-        self.frames = demos["frames"].flatten(0, 1)                            # (E*(L+1), 3, H, W)
-        self.masks = demos["masks"].flatten(0, 1)                              # (E*(L+1), H, W)
+        self.frames = demos["frames"].flatten(0, 1)                            # (E*F, 3, H, W)
+        self.masks = demos["masks"].flatten(0, 1)                              # (E*F, H, W)
         self.actions = demos["actions"].flatten(0, 1) if "actions" in demos else \
-            torch.zeros(self.E * self.L, 2)                                    # (E*L, 2)
+            torch.zeros(self.E * self.L, 2)                                    # (E*L, A = 2)
         ctx = torch.arange(-data.n_ctx + 1, 1) * data.stride                   # (n_ctx,)
         self.offsets = torch.cat([ctx, torch.arange(1, data.n_future + 1) * data.stride])  # (T,)
+        # the tabletop's block colours and shapes, for its oracle teacher; Meta-World has none
+        self.extra = [k for k in ["color", "shape"] if k in demos]
 
     def __len__(self):
         return self.E * self.per_ep
@@ -155,22 +169,22 @@ class Dataset(torch.utils.data.Dataset):
         """Windows idx (B,) long -> dict of batched tensors (shapes below)."""
         if idx.dtype != torch.long or idx.dim() != 1 or ((idx < 0) | (idx >= len(self))).any():
             raise IndexError(f"window indices must be a (B,) long tensor in [0, {len(self)})")
-        e, t = idx // self.per_ep, idx % self.per_ep                           # (B,) each
-        frame_index = e[:, None] * (self.L + 1) + (t[:, None] + self.offsets).clamp(0, self.L)
+        e, t = idx // self.per_ep, idx % self.per_ep * self.every              # (B,) each
+        frame = ((t[:, None] + self.offsets) // self.every).clamp(0, self.F - 1)  # (B, T) kept
+        frame_index = e[:, None] * self.F + frame                              # (B, T)
         act = e[:, None] * self.L + t[:, None] + torch.arange(self.data.horizon)  # (B, Ha)
         return {"video": world.to_float(self.frames[frame_index]),     # (B, T, 3, H, W) in [-1, 1]
-                "actions": self.actions[act].float(),                   # (B, Ha, 2) in [-1, 1]
+                "actions": self.actions[act].float(),                   # (B, Ha, A) in [-1, 1]
                 "task": self.demos["task"][e],                          # (B,) long
                 "masks": self.masks[frame_index],                       # (B, T, H, W) uint8 ids
-                "color": self.demos["color"][e],                        # (B, K) long
-                "shape": self.demos["shape"][e],                        # (B, K) long
+                **{k: self.demos[k][e] for k in self.extra},            # color, shape (B, K) long
                 "frame_index": self.first + frame_index}                # (B, T) long
 
 
 # ---- python data.py [config.yaml] [section.key=value ...]: look at the world -
 def main(argv):
     cfg = cli_config(argv or ["config.yaml"], "usage: python data.py [CONFIG] [section.key=value ...]")
-    if cfg.metaworld.suites:  # a Meta-World preset (configs/metaworld.yaml): mworld.py shows it
+    if is_metaworld(cfg):  # a Meta-World preset (configs/metaworld.yaml): mworld.py shows it
         import mworld  # here only: it loads metaworld and sets up headless rendering
         return mworld.main(cfg)
     env, out, seed = cfg.env, Path(cfg.data.cache_dir) / "preview", cfg.data.seed

@@ -17,8 +17,11 @@ Comparing runs (arms, seeds, intervals) is the study's: python study/report.py R
   probe.<localization|affordance>_acc   linear probes for the target's / the contact point's token
       on the aligned layer; probe.read.*: on the layers the action head reads; *_chance: majority
   video.psnr   latency.act_ms   teacher   step   time.<part> (seconds)
+A Meta-World run (configs/metaworld.yaml) adds success_task.<suite>.<task> (closed-loop success per
+task); its pixel interventions and probes, which move and read tabletop blocks, are not run:
+metrics.json says so in absent.<part>, and has none of their keys.
 """
-# B episodes or windows   T frames   N = g*g tokens per frame   D width   Ha horizon   A = 2
+# B episodes or windows   T frames   N = g*g tokens per frame   D width   Ha horizon   A actions
 
 import copy
 import csv
@@ -36,12 +39,32 @@ from tqdm import tqdm
 import align
 import data
 import world
-from config import atomic_save, get_suite, load_config, pick_device, seeded_rng
+from config import (
+    MWSuite,
+    action_dim,
+    atomic_save,
+    eval_suites,
+    get_suite,
+    is_metaworld,
+    load_config,
+    pick_device,
+    seeded_rng,
+    tasks,
+)
 from train import build_model, load_checkpoint
 
 IRRELEVANT = ["background", "distractor_color", "distractor_move"]  # pixel edits; target_move matters
 HIDDEN_OPS = ["mean", "zeros", "shuffle", "swap"]  # on the region's tokens, then the rest's
 PARTS = ["attention", "intervention", "probe", "video", "latency"]  # on held-out id windows
+TABLETOP_ONLY = {"intervention.pixel": "the pixel interventions move tabletop blocks",
+                 "probe": "the probes read tabletop block positions"}  # absent on Meta-World
+
+
+def interaction_ids(cfg):
+    """Mask ids of the interaction region: Meta-World's gripper, goal and task object (mworld's
+    ids, world.py's numbers), or world.interaction_ids of the tabletop task."""
+    return [world.GRIPPER, world.GOAL, world.TARGET] if is_metaworld(cfg) else \
+        world.interaction_ids(cfg.env)
 
 
 def action_change(a, b):
@@ -125,11 +148,46 @@ def success_rate(model, cfg, suite, episodes, device):
     return r["success"].float().mean().item()
 
 
+@torch.no_grad()
+def mw_success_rate(model, cfg, suite, episodes, device, sim):
+    """Closed-loop success on one Meta-World suite: `episodes` episodes, the tasks in turn, one
+    round of len(TASKS) envs at a time in sim (an mworld.World), each episode at most
+    metaworld.max_steps steps (a round stops when all its episodes succeeded: success counts at
+    any step). Only the frames the Policy reads are rendered. -> (rate, {task name: rate})."""
+    import mworld  # here only: it loads metaworld and sets up headless rendering
+    mw, dc, names = cfg.metaworld, cfg.data, mworld.TASKS
+    torch.manual_seed(cfg.eval.seed)  # action noise
+    policy = world.Policy(model, dc.n_ctx, dc.stride, cfg.eval.replan)
+    s, wins = get_suite(mw.suites, suite, MWSuite, "metaworld.suites"), torch.zeros(episodes)
+    for r in tqdm(range(0, episodes, len(names)), desc=f"{suite}, {episodes} episodes",
+                  leave=False):
+        task = torch.arange(r, min(r + len(names), episodes)) % len(names)     # (B,)
+        sim.reset(s, task, (cfg.eval.seed, r // len(names), 1))  # 3 ints: never a demo's seed
+        policy.reset()
+        done = sim.success()                                                   # (B,)
+        for t in range(mw.max_steps):
+            frame = sim.render(masks=False)[0] if policy.needs_frame(t) else None  # (B,3,H,W)
+            sim.step(policy.select_action({"frame": frame, "task": task}).cpu())
+            done |= sim.success()
+            if done.all():
+                break
+        wins[r:r + len(task)] = done.float()
+    task = torch.arange(episodes) % len(names)                                 # (episodes,)
+    return wins.mean().item(), {n: wins[task == i].mean().item() for i, n in enumerate(names)
+                                if (task == i).any()}
+
+
 def heldout(cfg):
-    """Fresh expert episodes (seed eval.seed, never the training seed) and their Dataset windows."""
+    """Fresh expert episodes (seed eval.seed, never the training seed) and their Dataset windows;
+    on Meta-World eval.heldout_episodes rounded up to whole rounds of one episode per task."""
     hcfg = copy.deepcopy(cfg)
     hcfg.data.seed, hcfg.data.n_episodes = cfg.eval.seed, cfg.eval.heldout_episodes
-    demos = data.make_demos(hcfg)
+    if is_metaworld(cfg):
+        import mworld  # here only: it loads metaworld and sets up headless rendering
+        hcfg.metaworld.episodes_per_task = -(-cfg.eval.heldout_episodes // len(mworld.TASKS))
+        demos = mworld.make_demos(hcfg)
+    else:
+        demos = data.make_demos(hcfg)
     return demos, data.Dataset(demos, hcfg.data)
 
 
@@ -147,7 +205,7 @@ def interface(model, cfg, batch, device, layers):
 
 def noise_like(cfg, B, seed, device):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(B, cfg.data.horizon, 2, generator=gen).to(device)     # (B, Ha, A)
+    return torch.randn(B, cfg.data.horizon, action_dim(cfg), generator=gen).to(device)  # B,Ha,A
 
 
 @torch.no_grad()
@@ -159,7 +217,7 @@ def attention_part(model, cfg, held, device, out, teacher="oracle"):
     noise = noise_like(cfg, len(task), ec.seed, device)                         # (B, Ha, A)
     _, maps = model.sample_actions(hidden, task, cfg.model.act_steps, noise, True)
     maps = [a.float().mean((1, 2)).cpu() for a in maps]  # per block (B, T*N): heads, actions avg
-    region = region_tokens(batch["masks"], world.interaction_ids(cfg.env), cfg.model.patch)
+    region = region_tokens(batch["masks"], interaction_ids(cfg), cfg.model.patch)
     m = {f"attention.{k}": v for k, v in attention_stats(sum(maps) / len(maps), region, g).items()}
     for j, a in enumerate(maps):
         s = attention_stats(a, region, g)
@@ -185,8 +243,28 @@ def attention_part(model, cfg, held, device, out, teacher="oracle"):
 
 @torch.no_grad()
 def intervention_part(model, cfg, held, device, out):
-    """Action change (same noise) under pixel edits of fresh id episodes and token edits of the
-    interface on held-out windows."""
+    """Action change (same noise) under pixel edits of fresh id episodes (the tabletop's) and token
+    edits of the interface on held-out windows."""
+    m = {} if is_metaworld(cfg) else pixel_interventions(model, cfg, device)
+    ec, ids = cfg.eval, interaction_ids(cfg)
+    batch = windows(held[1], ec.attn_samples, ec.seed)
+    hidden, task = interface(model, cfg, batch, device, model.bridge_layers())
+    region = region_tokens(batch["masks"], ids, cfg.model.patch).to(device)     # (B, T*N)
+    steps, noise = cfg.model.act_steps, noise_like(cfg, len(task), ec.seed, device)
+    a0, tgen = model.sample_actions(hidden, task, steps, noise), torch.Generator().manual_seed(0)
+    for op in HIDDEN_OPS:
+        for where, mask in (("region", region), ("background", ~region)):
+            a = model.sample_actions(edit_tokens(hidden, mask, op, tgen), task, steps, noise)
+            m[f"intervention.hidden.{op}.{where}"] = action_change(a, a0).mean().item()
+    m["intervention.hidden_ratio"] = sensitivity_ratio(  # region edits / background edits
+        nanmean([m[f"intervention.hidden.{op}.region"] for op in HIDDEN_OPS]),
+        [m[f"intervention.hidden.{op}.background"] for op in HIDDEN_OPS])
+    return m
+
+
+def pixel_interventions(model, cfg, device):
+    """The tabletop's pixel edits: action change (same noise) when the background, distractor
+    colours or places change, or the target moves, in fresh id episodes."""
     env, ec, dc = cfg.env, cfg.eval, cfg.data
     B, ids, steps = ec.intervention_samples, world.interaction_ids(env), None
     gen = torch.Generator().manual_seed(ec.seed + 1)
@@ -235,19 +313,6 @@ def intervention_part(model, cfg, held, device, out):
     m["intervention.relevant"] = m["intervention.pixel.target_move"]
     m["intervention.irrelevant"] = nanmean(irr)
     m["intervention.sensitivity_ratio"] = sensitivity_ratio(m["intervention.relevant"], irr)
-
-    batch = windows(held[1], ec.attn_samples, ec.seed)
-    hidden, task = interface(model, cfg, batch, device, model.bridge_layers())
-    region = region_tokens(batch["masks"], ids, cfg.model.patch).to(device)     # (B, T*N)
-    steps, noise = steps or cfg.model.act_steps, noise_like(cfg, len(task), ec.seed, device)
-    a0, tgen = model.sample_actions(hidden, task, steps, noise), torch.Generator().manual_seed(0)
-    for op in HIDDEN_OPS:
-        for where, mask in (("region", region), ("background", ~region)):
-            a = model.sample_actions(edit_tokens(hidden, mask, op, tgen), task, steps, noise)
-            m[f"intervention.hidden.{op}.{where}"] = action_change(a, a0).mean().item()
-    m["intervention.hidden_ratio"] = sensitivity_ratio(  # region edits / background edits
-        nanmean([m[f"intervention.hidden.{op}.region"] for op in HIDDEN_OPS]),
-        [m[f"intervention.hidden.{op}.background"] for op in HIDDEN_OPS])
     return m
 
 
@@ -385,7 +450,7 @@ def pictures(out, run, m, cfg, ex, name):
             if r == 1:
                 ax.imshow(ex["attn"][i].numpy(), cmap="inferno", alpha=0.6, extent=(0, W, H, 0))
             ax.set(xticks=[], yticks=[])
-        axes[0][i].set_title(world.TASK_NAMES[int(ex["task"][i])], fontsize=7)
+        axes[0][i].set_title(tasks(cfg)[0][int(ex["task"][i])], fontsize=7)
     for r, label in enumerate(labels):
         axes[r][0].set_ylabel(label, fontsize=7)
     fig.suptitle(f"{name}: the current frame of {n} held-out windows", fontsize=9)
@@ -419,8 +484,8 @@ def evaluate(run, overrides=()):
     t_start, run = time.perf_counter(), Path(run)
     cfg = load_config(run / "config.yaml", overrides)
     ec, out, device = cfg.eval, run / "eval", pick_device(cfg.eval.device)
-    suites = list(cfg.suites) if ec.suites == ["all"] else ec.suites
-    curves = list(cfg.suites) if ec.curve_suites == ["all"] else ec.curve_suites
+    suites = list(eval_suites(cfg)) if ec.suites == ["all"] else ec.suites
+    curves = list(eval_suites(cfg)) if ec.curve_suites == ["all"] else ec.curve_suites
     ckpt = load_checkpoint(run / "ckpt.pt", device)
     proj = ckpt["ema"].get("projector.4.weight")  # AGRA's projector: (Dt, proj_hidden)
 
@@ -434,23 +499,42 @@ def evaluate(run, overrides=()):
     todo += [("success_curve", f"{s}@{k}") for k in snaps for s in curves]
     todo += [(part, "") for part in PARTS]
     out.mkdir(exist_ok=True)
-    m, times, held = {}, {}, None
-    for part, arg in (bar := tqdm(todo, desc=f"eval {run.name}", dynamic_ncols=True)):
-        bar.set_postfix_str(f"{part} {arg}")
-        t0, key = time.perf_counter(), f"{part}.{arg}" if arg else part
-        if part == "success":
-            m[key] = success_rate(model, cfg, arg, ec.episodes, device)
-        elif part == "success_curve":
-            suite, step = arg.split("@")
-            snap = load(load_checkpoint(run / "snapshots" / f"ema_{step}.pt", device)["ema"])
-            m[key] = success_rate(snap, cfg, suite, ec.curve_episodes, device)
-        else:
-            if held is None:
-                held = heldout(cfg)
-                times["heldout"], t0 = time.perf_counter() - t0, time.perf_counter()
-            kw = {"teacher": ckpt["teacher"]} if part == "attention" else {}
-            m.update(PART_FNS[part](model, cfg, held, device, out, **kw))
-        times[key] = time.perf_counter() - t0
+    m, times, held, sim = {}, {}, None, None
+    if is_metaworld(cfg):
+        import mworld  # here only: it loads metaworld and sets up headless rendering
+        sim = mworld.World(cfg.metaworld)  # its envs and renderers serve every suite
+        m.update({f"absent.{k}": f"tabletop-only: {why}" for k, why in TABLETOP_ONLY.items()})
+        print(f"eval {run.name}: a Meta-World run: not running "
+              + "; ".join(f"{k} ({why})" for k, why in TABLETOP_ONLY.items())
+              + ": metrics.json records them as absent.<part>")
+
+    def success(model, suite, episodes, key):
+        if sim is None:
+            m[key] = success_rate(model, cfg, suite, episodes, device)
+            return
+        m[key], per_task = mw_success_rate(model, cfg, suite, episodes, device, sim)
+        if key.startswith("success."):  # the final model's, per task
+            m.update({f"success_task.{suite}.{k}": v for k, v in per_task.items()})
+    try:
+        for part, arg in (bar := tqdm(todo, desc=f"eval {run.name}", dynamic_ncols=True)):
+            bar.set_postfix_str(f"{part} {arg}")
+            t0, key = time.perf_counter(), f"{part}.{arg}" if arg else part
+            if part == "success":
+                success(model, arg, ec.episodes, key)
+            elif part == "success_curve":
+                suite, step = arg.split("@")
+                snap = load(load_checkpoint(run / "snapshots" / f"ema_{step}.pt", device)["ema"])
+                success(snap, suite, ec.curve_episodes, key)
+            elif sim is None or part not in TABLETOP_ONLY:  # Meta-World: no probes
+                if held is None:
+                    held = heldout(cfg)
+                    times["heldout"], t0 = time.perf_counter() - t0, time.perf_counter()
+                kw = {"teacher": ckpt["teacher"]} if part == "attention" else {}
+                m.update(PART_FNS[part](model, cfg, held, device, out, **kw))
+            times[key] = time.perf_counter() - t0
+    finally:
+        if sim is not None:
+            sim.close()
     for p in ["success", "success_curve"]:
         times[p] = sum(v for k, v in times.items() if k.startswith(p + "."))
     m.update({f"time.{p}": times[p] for p in [*PARTS, "heldout", "success", "success_curve"]})

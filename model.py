@@ -18,7 +18,7 @@ from einops import rearrange
 from timm.layers import Mlp
 from torch import nn
 
-from config import FAMILIES, TASK_COLORS, seeded_rng
+from config import action_dim, frame_res, seeded_rng, tasks
 
 MAX_FRAMES = 64  # length of the fixed temporal sin-cos table: T <= 64 frames
 
@@ -219,12 +219,11 @@ class WAM(nn.Module):
     def __init__(self, cfg, align_dim=None):
         super().__init__()
         mcfg, d = cfg.model, cfg.data
-        D, p, depth, res = mcfg.width, mcfg.patch, mcfg.depth, cfg.env.res
+        D, p, depth, res = mcfg.width, mcfg.patch, mcfg.depth, frame_res(cfg)
         self.mcfg, self.res, self.n_ctx, self.n_future = mcfg, res, d.n_ctx, d.n_future
-        self.horizon, self.action_dim = d.horizon, 2
-        self.n_tasks = len(FAMILIES) * len(TASK_COLORS)  # every family's ids, one table
-        first = FAMILIES.index(cfg.env.task) * len(TASK_COLORS)
-        self.task_ids = list(range(first, first + len(TASK_COLORS)))  # env.task's family
+        self.horizon, self.action_dim = d.horizon, action_dim(cfg)
+        self.task_names, self.task_ids = tasks(cfg)  # every id's name (one table), this run's ids
+        self.n_tasks = len(self.task_names)
         self.align_layer, self.align_pass = cfg.align.layer, cfg.align.apply_to  # AGRA's tap
         self.grid = res // p  # h = w
         self.n_tokens = self.grid**2  # N
@@ -399,7 +398,7 @@ class WAM(nn.Module):
             raise ValueError(f"frames range [{lo!r}, {hi!r}]; expected [-1, 1]")
         if tlo < self.task_ids[0] or thi > self.task_ids[-1]:
             raise ValueError(f"task ids in [{int(tlo)}, {int(thi)}]; expected ids {self.task_ids} "
-                             f"(the {FAMILIES[self.task_ids[0] // 4]} family)")
+                             f"({', '.join(self.task_names[i] for i in self.task_ids)})")
         if not finite:
             raise ValueError("noise has NaN or inf values; expected finite Gaussian noise")
 

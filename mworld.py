@@ -32,13 +32,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import MW_TEXTURES, PALETTE, MWSuite, check, check_choice, get_suite
+from config import (
+    MW_ACTION_DIM,
+    MW_TASKS,
+    MW_TEXTURES,
+    PALETTE,
+    MWSuite,
+    check,
+    check_choice,
+    get_suite,
+)
 from data import cached
 from world import BACKGROUND, GOAL, GRIPPER, TARGET
 
 ROBOT, DISTRACTOR = 4, 5  # mask ids after world.py's: the arm but the gripper; the visual-only geoms
-TASKS = ["reach", "push", "pick-place", "drawer-open", "button-press-topdown", "window-open"]
-A = 4  # action dim; task id = TASKS.index(name)
+TASKS, A = MW_TASKS, MW_ACTION_DIM  # task id = TASKS.index(name); action dim (config.py's)
 TABLE_BOX = [-0.35, 0.45, 0.35, 0.85]  # x0, y0, x1, y1 (m): where distractors stand on the table
 CLEAR = 0.1  # distractors keep this far (m, in xy) from the hand, the object and the goal
 SHAPE_TYPE = {"box": mujoco.mjtGeom.mjGEOM_BOX, "sphere": mujoco.mjtGeom.mjGEOM_SPHERE,
@@ -142,8 +150,9 @@ class _Env:
         cam.azimuth, cam.elevation = mw.camera[4] + app["camera"][0], mw.camera[5] + app["camera"][1]
         self.distractors = app["distractors"]
 
-    def render(self):
-        """(H, W, 3) uint8 RGB and (H, W) uint8 entity ids of the current state."""
+    def render(self, masks=True):
+        """(H, W, 3) uint8 RGB and (H, W) uint8 entity ids of the current state (None without
+        masks: the segmentation pass is skipped)."""
         r = self.renderer
         r.update_scene(self.env.data, self.camera)
         scn = r.scene
@@ -156,6 +165,8 @@ class _Env:
             g.objtype, g.objid = mujoco.mjtObj.mjOBJ_UNKNOWN, -1
             scn.ngeom += 1
         rgb = r.render()
+        if not masks:
+            return rgb, None
         r.enable_segmentation_rendering()
         seg = r.render()                                          # (H, W, 2): object id, type
         r.disable_segmentation_rendering()
@@ -239,11 +250,12 @@ class World:
             a = np.stack([e.policy.get_action(e.obs) for e in self.envs])   # (B, 4)
         return torch.from_numpy(a).float().clamp(-1, 1)
 
-    def render(self):
-        """frames (B, 3, H, W) uint8 and masks (B, H, W) uint8 entity ids of the current states."""
-        rgb, masks = zip(*(e.render() for e in self.envs))
+    def render(self, masks=True):
+        """frames (B, 3, H, W) uint8 and masks (B, H, W) uint8 entity ids of the current states
+        (None without masks: a policy reads frames alone)."""
+        rgb, ids = zip(*(e.render(masks) for e in self.envs))
         return torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).contiguous(), \
-            torch.from_numpy(np.stack(masks))
+            torch.from_numpy(np.stack(ids)) if masks else None
 
     def close(self):
         for e in self.pool.values():

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import world
 from align import align_loss, build_teacher, targets, teacher_features
-from config import SECTIONS, atomic_save, cli_config, pick_device, seeded_rng
+from config import SECTIONS, atomic_save, cli_config, is_metaworld, pick_device, seeded_rng
 from data import Dataset, make_clips, make_demos
 from model import WAM
 
@@ -92,7 +92,7 @@ def save_samples(model, ds, path, step, n=4):
     """A GIF of n fixed windows: the true frames (top row) over the imagined futures (bottom)."""
     batch = ds.batch(torch.arange(0, len(ds), max(1, len(ds) // n))[:n])
     device = next(model.parameters()).device
-    nc, names = ds.data.n_ctx, world.TASK_NAMES
+    nc, names = ds.data.n_ctx, model.task_names
     ctx, task = batch["video"][:, :nc].to(device), batch["task"].to(device)
     with seeded_rng(0):  # sampling must not shift the training noise stream
         fake = model.imagine(ctx, task).cpu()                           # (n, Tf, 3, H, W)
@@ -160,7 +160,11 @@ def train(cfg):
     torch.manual_seed(tc.seed)
     if ddp and not master:
         torch.distributed.barrier()  # rank 0 writes the demo and teacher caches, the others wait
-    demos, clips = make_demos(cfg), make_clips(cfg)
+    if is_metaworld(cfg):  # config refuses clips there (video.n_clips > 0)
+        import mworld  # here only: it loads metaworld and sets up headless rendering
+        demos, clips = mworld.make_demos(cfg), None
+    else:
+        demos, clips = make_demos(cfg), make_clips(cfg)
     ds = Dataset(demos, cfg.data)
     clip_ds = clips and Dataset(clips, cfg.data, first_frame=demos["frames"].flatten(0, 1).shape[0])
     n_clip = round(cfg.video.ratio * tc.batch_size) if clips else 0  # windows a batch takes

@@ -208,7 +208,9 @@ class Policy:
     """A WAM as a closed-loop policy, in LeRobot's interface: it keeps the frames the context
     needs (n_ctx frames `stride` steps apart, the first frame repeated before time 0) and a queue
     of the chunk's next actions, executing `replan` of them before it plans again.
-        obs = {"frame": (B, 3, H, W) uint8, "task": (B,) long}  ->  action (B, A) in [-1, 1]"""
+        obs = {"frame": (B, 3, H, W) uint8, "task": (B,) long}  ->  action (B, A) in [-1, 1]
+    A step whose frame it never reads (needs_frame(t) False, t counted from reset) may pass
+    frame None, so a slow renderer draws only the frames the policy reads."""
 
     def __init__(self, model, n_ctx, stride, replan, steps=None):
         if not 1 <= replan <= model.horizon:
@@ -221,18 +223,31 @@ class Policy:
         """Forget the episode: call before each new batch of episodes."""
         self.frames, self.queue = [], []
 
+    def needs_frame(self, t):
+        """Whether step t's frame is read: t is a planning step (a multiple of replan) or in the
+        context of one (t + j * stride for j < n_ctx)."""
+        return any((t + j * self.stride) % self.replan == 0 for j in range(self.n_ctx))
+
     def observe(self, obs):
+        frame = obs["frame"]
         if not self.frames:  # time 0 repeated back to the first context frame
-            self.frames = [obs["frame"]] * ((self.n_ctx - 1) * self.stride + 1)
-        if obs["frame"].shape != self.frames[0].shape:
-            raise ValueError(f"obs['frame'] {tuple(obs['frame'].shape)} after frames of "
-                             f"{tuple(self.frames[0].shape)}; call reset() between episodes")
-        self.frames = self.frames[1:] + [obs["frame"]]
+            if frame is None:
+                raise ValueError("obs['frame'] is None at the first step after reset(); expected "
+                                 "(B, 3, H, W) uint8: step 0 is always read")
+            self.frames, self.shape = [frame] * ((self.n_ctx - 1) * self.stride + 1), frame.shape
+        if frame is not None and frame.shape != self.shape:
+            raise ValueError(f"obs['frame'] {tuple(frame.shape)} after frames of "
+                             f"{tuple(self.shape)}; call reset() between episodes")
+        self.frames = self.frames[1:] + [frame]
 
     def predict_action_chunk(self, obs):
         """The whole chunk (B, Ha, A) for this observation, which joins the history."""
         self.observe(obs)
-        ctx = torch.stack(self.frames[::self.stride], 1)  # (B, n_ctx, 3, H, W) uint8
+        ctx = self.frames[::self.stride]
+        if any(f is None for f in ctx):
+            raise ValueError("a context frame of this planning step was passed as None; render "
+                             "every step t with needs_frame(t)")
+        ctx = torch.stack(ctx, 1)  # (B, n_ctx, 3, H, W) uint8
         device = next(self.model.parameters()).device
         chunk = self.model.act(to_float(ctx).to(device), obs["task"].to(device), self.steps)
         return chunk.to(obs["frame"].device)  # (B, Ha, A)

@@ -302,3 +302,26 @@ def test_bad_config_values_raise():
                      ({"oracle_dim": 4}, "oracle_dim=4")]:
         with pytest.raises(ValueError, match=word):
             build_teacher(make_cfg(**kw))
+
+
+def test_metaworld_oracle_follows_the_masks():
+    """The Meta-World oracle (entities mode) lifts each token's share of each of the 6 mask ids by
+    fixed orthonormal rows: a token inside the gripper mask gets the gripper's row, a token half
+    task object, half robot the mean of those rows; batches without block colours are fine."""
+    cfg = make_cfg()
+    cfg.metaworld.suites = {"id": {}}  # only its presence matters: a Meta-World run
+    teacher, name = build_teacher(cfg)
+    assert (name, teacher.n_kinds) == ("oracle", len(config.MW_ENTITIES)), (name, teacher.n_kinds)
+    masks = torch.zeros(1, 1, RES, RES, dtype=torch.uint8)               # (B, T, H, W)
+    masks[..., 0:4, 0:4] = 1                                             # token 0: gripper
+    masks[..., 0:4, 4:6], masks[..., 0:4, 6:8] = 3, 4                    # token 1: object, robot
+    masks[..., 12:16, 12:16] = 5                                         # token 15: distractor
+    y = teacher({"masks": masks, "task": torch.tensor([0])})[0, 0].flatten(0, 1)  # (N, Dt)
+    lift = teacher.lift                                                  # (6, Dt)
+    torch.testing.assert_close(y[0], lift[1])
+    torch.testing.assert_close(y[1], (lift[3] + lift[4]) / 2)
+    torch.testing.assert_close(y[15], lift[5])
+    torch.testing.assert_close(y[5], lift[0])                            # background
+    torch.testing.assert_close(lift @ lift.T, torch.eye(6), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="masks hold id 11; expected ids 0..5"):
+        teacher({"masks": masks + 6, "task": torch.tensor([0])})

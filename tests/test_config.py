@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import config
+import world
 from config import SECTIONS, Config, Suite, get_suite, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,3 +108,28 @@ def test_atomic_save_and_seeded_rng(tmp_path):
     with config.seeded_rng(7):
         torch.rand(5)
     assert torch.equal(torch.rand(3), want), "seeded_rng shifted the caller's random stream"
+
+
+@pytest.mark.parametrize("override, named", [
+    ("video.n_clips=8", "video.n_clips = 8 on a Meta-World run"),
+    ("data.stride=6", "data.stride = 6; expected a multiple of metaworld.frame_every = 4"),
+    ("align.teacher='oracle_task'", "align.teacher = 'oracle_task' on a Meta-World run"),
+    ("eval.suites=['id', 'tabel@1']", "did you mean 'table@1'"),
+    ("model.patch=5", "metaworld.res = 64; expected a multiple of model.patch = 5"),
+])
+def test_metaworld_run_refuses_what_it_cannot_do(override, named):
+    """A Meta-World preset refuses at load, by name: action-free clips (tabletop-only), a stride
+    between kept frames, the tabletop's oracle_task, a tabletop suite name, a patch that does not
+    divide metaworld.res."""
+    with pytest.raises(ValueError, match=named):
+        load_config(ROOT / "configs" / "metaworld.yaml", [override])
+
+
+def test_a_run_is_metaworld_exactly_when_metaworld_suites_is_set():
+    """is_metaworld follows metaworld.suites, and with it the frame size, action dim and tasks."""
+    tab, mw = load_config(ROOT / "config.yaml"), load_config(ROOT / "configs" / "metaworld.yaml")
+    assert not config.is_metaworld(tab) and config.is_metaworld(mw)
+    assert (config.frame_res(tab), config.action_dim(tab)) == (tab.env.res, 2)
+    assert (config.frame_res(mw), config.action_dim(mw)) == (mw.metaworld.res, 4)
+    assert config.tasks(tab) == (world.TASK_NAMES, world.task_ids(tab.env))
+    assert config.tasks(mw) == (config.MW_TASKS, list(range(len(config.MW_TASKS))))

@@ -222,6 +222,35 @@ def test_dataset_windows(tmp_path):
         assert all(torch.equal(one[k], b[k][i]) for k in b), f"ds[{i}] != batch row {i}"
 
 
+def test_windows_of_frame_every_demos_start_at_kept_frames():
+    """On demos that keep a frame every k = 4 steps (mworld's), windows start only at kept frames,
+    their context and future frames are the kept frames stride steps away (clamped to the first
+    and last kept ones), and their actions are the Ha steps from the window's start; a stride
+    that is not a multiple of k is refused by name."""
+    E, L, k, Ha = 2, 10, 4, 3                                 # kept frames at steps 0, 4, 8
+    steps = torch.arange(0, L + 1, k)                                          # (F,)
+    F_ = len(steps)
+    frames = torch.arange(E * F_, dtype=torch.uint8).view(E, F_, 1, 1, 1).expand(E, F_, 3, 8, 8)
+    demos = {"frames": frames.contiguous(), "masks": torch.zeros(E, F_, 8, 8, dtype=torch.uint8),
+             "actions": torch.rand(E, L, 4) * 2 - 1, "task": torch.tensor([1, 5]),
+             "frame_steps": steps}
+    ds = data.Dataset(demos, DataConfig(n_ctx=2, n_future=1, stride=4, horizon=Ha))
+    assert len(ds) == E * ((L - Ha) // k + 1) == 4, f"{len(ds)} windows, expected 2 per episode"
+    b = ds.batch(torch.arange(len(ds)))
+    start = torch.tensor([0, 4, 0, 4])                                         # (B,) kept steps
+    e = torch.tensor([0, 0, 1, 1])
+    want = (start[:, None] + torch.tensor([-4, 0, 4])).clamp(0, 8) // k        # (B, T) kept ids
+    assert torch.equal(b["frame_index"], e[:, None] * F_ + want), b["frame_index"]
+    assert torch.equal(b["video"][:, :, 0, 0, 0], world.to_float(frames[e[:, None], want][
+        ..., 0, 0, 0])), "video is not the frames frame_index names"
+    for i in range(len(ds)):
+        s = int(start[i])
+        assert torch.equal(b["actions"][i], demos["actions"][e[i], s:s + Ha]), f"window {i}"
+    assert b["actions"].shape == (4, Ha, 4) and "color" not in b, sorted(b)
+    with pytest.raises(ValueError, match="data.stride = 6; expected a multiple of 4"):
+        data.Dataset(demos, DataConfig(stride=6, horizon=Ha))
+
+
 def test_action_normalization_round_trip(tmp_path):
     """normalize_actions inverts world.unnormalize_actions, and an action a moves a free gripper by
     exactly world.unnormalize_actions(a)."""

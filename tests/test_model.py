@@ -213,7 +213,7 @@ def test_bad_inputs_raise():
              (frames.bfloat16(), task, {}, "dtype torch.bfloat16"),
              (frames.clamp(-1, 1).index_fill(0, torch.tensor([0]), -1.0001), task, {},
               r"-1.0001\d*, "), (nan, task, {}, "nan"),
-             (frames, torch.tensor([0, 4]), {}, r"expected ids \[0, 1, 2, 3\] \(the reach"),
+             (frames, torch.tensor([0, 4]), {}, r"expected ids \[0, 1, 2, 3\] \(reach-red, reach-green"),
              (frames, 1, {}, "task 1; expected a .2,. long tensor"),
              (frames, [0, 1], {}, r"task \[0, 1\]"), (frames, task[:1], {}, "task"),
              (frames, task.float(), {}, "task"),
@@ -254,6 +254,38 @@ def test_policy_strides_the_context_and_queues_the_chunk():
     assert [round((v + 1) * 127.5) for v in model.seen[-1][0]] == [0, 0], "reset kept old frames"
     with pytest.raises(ValueError, match="replan = 5"):
         Policy(model, 2, 2, 5)
+
+
+@pytest.mark.parametrize("n_ctx, stride, replan", [(2, 2, 2), (1, 4, 4), (3, 4, 2), (2, 3, 4)])
+def test_policy_reads_only_the_frames_needs_frame_names(n_ctx, stride, replan):
+    """A Policy given frame None on every step whose needs_frame is False acts exactly as one given
+    every frame (a renderer may skip those steps); a None the context needs is refused."""
+    class Echo(torch.nn.Module):  # act() returns its context's frame values as the chunk
+        horizon = 4
+
+        def __init__(self):
+            super().__init__()
+            self.x_embedder = torch.nn.Linear(1, 1)
+
+        def act(self, frames, task, steps=None):
+            return frames[:, :, 0, 0, 0].sum(1)[:, None, None].expand(1, 4, 2)  # (1, Ha, 2)
+
+    task, runs = torch.zeros(1, dtype=torch.long), []
+    for sparse in (False, True):
+        policy, got = Policy(Echo(), n_ctx, stride, replan), []
+        for t in range(20):
+            frame = torch.full((1, 3, 4, 4), t, dtype=torch.uint8)
+            skip = sparse and not policy.needs_frame(t)
+            got.append(policy.select_action({"frame": None if skip else frame, "task": task}))
+        runs.append(torch.cat(got))
+    assert torch.equal(*runs), f"skipping frames changed the actions: {runs}"
+    policy, zero = Policy(Echo(), 2, 2, 4), torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="step 0 is always read"):
+        policy.select_action({"frame": None, "task": task})
+    for frame in [zero, None, None, None]:  # step 2 is step 4's context: needed, but None
+        policy.select_action({"frame": frame, "task": task})
+    with pytest.raises(ValueError, match="context frame of this planning step was passed as None"):
+        policy.select_action({"frame": zero, "task": task})
 
 
 def test_tiny_model_overfits_one_batch():

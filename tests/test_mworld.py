@@ -86,6 +86,14 @@ def test_a_perturbation_changes_only_what_it_names(world, name, where):
         assert per_env[i] > 0, f"{name} changed no pixel of {t}"
 
 
+def test_frames_without_masks_are_the_same_frames(world):
+    """render(masks=False), what a policy reads, gives the very frames render() gives, no masks."""
+    world.reset(suite("distractors@2"), ALL, 5)
+    frames = world.render()[0]
+    alone, none = world.render(masks=False)
+    assert torch.equal(frames, alone) and none is None, "frames differ without the mask pass"
+
+
 def test_same_seed_same_pixels_another_seed_other_pixels(world):
     """Two resets with one seed, then the same expert steps, give identical frames and masks;
     another seed gives other frames."""

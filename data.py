@@ -35,6 +35,15 @@ def make_demos(cfg):
                                                             get_suite(cfg.suites, "id")))
 
 
+def make_data(cfg):
+    """A run's (demos, clips): on Meta-World mworld.make_demos and no clips (config refuses them
+    there), else the tabletop's make_demos and make_clips (None without video.n_clips)."""
+    if is_metaworld(cfg):
+        import mworld  # here only: it loads metaworld and sets up headless rendering
+        return mworld.make_demos(cfg), None
+    return make_demos(cfg), make_clips(cfg)
+
+
 def make_clips(cfg):
     """Action-free clips of another embodiment (see generate_clips) plus "hash", cached in
     cache_dir/clips-<hash>.pt; None when video.n_clips is 0."""

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 import world
 from align import align_loss, build_teacher, targets, teacher_features
-from config import SECTIONS, atomic_save, cli_config, is_metaworld, pick_device, seeded_rng
-from data import Dataset, make_clips, make_demos
+from config import SECTIONS, atomic_save, cli_config, pick_device, seeded_rng
+from data import Dataset, make_data
 from model import WAM
 
 
@@ -160,11 +160,7 @@ def train(cfg):
     torch.manual_seed(tc.seed)
     if ddp and not master:
         torch.distributed.barrier()  # rank 0 writes the demo and teacher caches, the others wait
-    if is_metaworld(cfg):  # config refuses clips there (video.n_clips > 0)
-        import mworld  # here only: it loads metaworld and sets up headless rendering
-        demos, clips = mworld.make_demos(cfg), None
-    else:
-        demos, clips = make_demos(cfg), make_clips(cfg)
+    demos, clips = make_data(cfg)
     ds = Dataset(demos, cfg.data)
     clip_ds = clips and Dataset(clips, cfg.data, first_frame=demos["frames"].flatten(0, 1).shape[0])
     n_clip = round(cfg.video.ratio * tc.batch_size) if clips else 0  # windows a batch takes

@@ -37,8 +37,8 @@ T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 ARM_FREE = {"name", "train.seed", "train.out_dir", "train.device", "data.cache_dir"}
 TIMES = ["heldout", "success", "success_curve", "attention", "intervention", "probe", "video",
          "latency", "total"]  # time.<part> columns of the report
-ORDER = ["success.", "family.", "attention.", "intervention.", "probe.", "video.",
-         "latency."]  # the groups of the report's metric rows, in order
+ORDER = ["success.", "success_task.", "family.", "attention.", "intervention.", "probe.", "video.",
+         "latency."]  # the groups of the report's metric rows, in order (success_task: Meta-World)
 
 
 # -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 #   bash study/run.sh cpu     # seeds 0-2, one-knob ablations, seeds 3-4, frozen backbone
 #                             # (configs/cpu.yaml; results/cpu/)
 #   SEEDS="0 1 2" bash study/run.sh cpu headline     # fewer seeds, headline only
+#   bash study/run.sh metaworld headline   # Meta-World: baseline, agra and the two controls
 #   bash study/run.sh regime  # the paper's regime (configs/regime.yaml; results/regime/): its 2x2
 #                             # and the controls (seeds 0-2), the demo-count sweep and the
 #                             # ablations (seed 0), then seeds 3-4
@@ -66,6 +67,17 @@ if [ "$preset" = regime ]; then
   ablations=(abl-layer1 abl-layer3 abl-bridge_single abl-align_clips abl-align_demos)
   late=()
   compare=(--baseline wam-clips --reference agra-clips --pair agra:wam)  # the report's pairs
+elif [ "$preset" = metaworld ]; then
+  # Meta-World (configs/metaworld.yaml): the headline's four arms; no ablations yet
+  ARMS=(
+    [baseline]="align.weight=0.0"
+    [agra]="align.teacher=oracle"
+    [agra-random]="align.teacher=random"
+    [agra-shuffled]="align.teacher=shuffled"
+  )
+  headline=(baseline agra agra-random agra-shuffled)
+  sweep=() ablations=() late=()
+  compare=(--baseline baseline --reference agra)
 else
   ARMS=(
     [baseline]="align.weight=0.0"
@@ -178,9 +190,9 @@ worker() {  # each worker takes the next unclaimed item, so the queue is done in
 }
 
 # the demonstrations once, before the workers start (else each of them builds the same cache)
-# (and the action-free clips, where the preset has them)
-$py -c "import config, data; c = config.load_config('configs/$preset.yaml'); data.make_demos(c);"\
-" data.make_clips(c)" >>"$log" 2>&1
+# (and the action-free clips, where the preset has them; Meta-World's demos on its preset)
+$py -c "import config, data; data.make_data(config.load_config('configs/$preset.yaml'))" \
+  >>"$log" 2>&1
 echo "$(date -u +%FT%TZ) start: bash study/run.sh $*  (seeds: $seeds, $jobs jobs) on $(uname -n)," \
   "$cores cores" | tee -a "$out/timing.txt"
 for ((k = 0; k < jobs; k++)); do worker "$k" & done

@@ -110,6 +110,19 @@ def test_the_regime_plan_is_the_2x2_the_controls_the_sweep_and_the_ablations(tmp
     assert report.endswith("--baseline wam-clips --reference agra-clips --pair agra:wam"), report
 
 
+def test_the_metaworld_plan_is_the_four_headline_arms(tmp_path):
+    """`metaworld all`: baseline, agra and the two controls per seed, nothing else; every call
+    loads as a valid Meta-World config of its arm."""
+    sys.path.insert(0, str(ROOT))
+    import config
+    calls = study(tmp_path, "all", seeds="0 1", jobs=1, preset="metaworld")
+    t = trains(calls)
+    assert sorted(t) == sorted(f"metaworld-{a}-s{s}" for s in (0, 1) for a in HEADLINE), t
+    for name, overrides in t.items():
+        cfg = config.load_config(ROOT / "configs" / "metaworld.yaml", overrides)
+        assert config.is_metaworld(cfg), name
+
+
 def test_every_call_names_a_script_or_function_of_the_repository(tmp_path):
     """Each command the runner runs is a file of the repository root (train.py, eval.py,
     study/report.py), and the demos line calls functions the core has."""
@@ -119,7 +132,7 @@ def test_every_call_names_a_script_or_function_of_the_repository(tmp_path):
         if c.startswith("-c "):  # module.function pairs of the demos line, each one the core has
             used = {(n.value.id, n.attr) for n in ast.walk(ast.parse(c[3:]))
                     if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
-            assert {f for _, f in used} == {"make_demos", "make_clips", "load_config"}, used
+            assert {f for _, f in used} == {"make_data", "load_config"}, used
             for module, function in used:
                 assert callable(getattr(importlib.import_module(module), function, None)), c
         else:
@@ -175,7 +188,7 @@ def test_a_second_call_skips_finished_runs(tmp_path):
     shutil.rmtree(tmp_path / "runs")
     again = study(tmp_path, "headline", seeds="0")
     assert len(first) == 10  # the demos, 4 trains, 4 evals, the report
-    assert again == [c for c in first if "--out" in c or "make_demos" in c]
+    assert again == [c for c in first if "--out" in c or "make_data" in c]
     rec = tmp_path / "results/tiny/runs/tiny-agra-s0"
     assert sorted(str(f.relative_to(rec)) for f in rec.rglob("*") if f.is_file()) == [
         "config.yaml", "eval/examples.pt", "eval/meta.json", "eval/metrics.json", "eval/pca.png",
@@ -210,9 +223,9 @@ def test_workers_take_each_item_once(tmp_path):
 
 
 def test_the_demos_are_built_once_before_any_run(tmp_path):
-    """The workers start after the demonstrations exist: one make_demos call, before every train."""
+    """The workers start after the demonstrations exist: one make_data call, before every train."""
     calls = study(tmp_path, "headline", seeds="0 1", jobs=4)
-    demos = [i for i, c in enumerate(calls) if "make_demos" in c]
+    demos = [i for i, c in enumerate(calls) if "make_data" in c]
     assert demos == [0] and "configs/tiny.yaml" in calls[0], calls[:2]
 
 

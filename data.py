@@ -190,6 +190,22 @@ class Dataset(torch.utils.data.Dataset):
                 "frame_index": self.first + frame_index}                # (B, T) long
 
 
+def suite_sheet(strips, path, label=120):
+    """One PNG: a labelled row per suite of its frames, strips = {suite name: (n, 3, H, W)}."""
+    rows = []
+    for name, frames in strips.items():
+        strip = Image.fromarray(make_grid(frames, nrow=len(frames), padding=2, pad_value=255)
+                                .byte().permute(1, 2, 0).numpy())
+        row = Image.new("RGB", (label + strip.width, strip.height), "white")
+        row.paste(strip, (label, 0))
+        ImageDraw.Draw(row).text((4, strip.height // 2 - 6), name, fill="black")
+        rows.append(row)
+    sheet = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), "white")
+    for i, row in enumerate(rows):
+        sheet.paste(row, (0, i * row.height))
+    sheet.save(path)
+
+
 # ---- python data.py [config.yaml] [section.key=value ...]: look at the world -
 def main(argv):
     cfg = cli_config(argv or ["config.yaml"], "usage: python data.py [CONFIG] [section.key=value ...]")
@@ -204,21 +220,10 @@ def main(argv):
         gen = torch.Generator().manual_seed(seed)
         return world.reset(env, get_suite(cfg.suites, name), task, gen)
 
-    n, side, label = 8, max(64, env.res), 120  # worlds per suite, pixels per frame, label width
-    rows = []
-    for name in cfg.suites:  # a labelled strip of n worlds per suite
-        frames, _ = world.render(env, *worlds(name, n))                       # (n, 3, H, W)
-        frames = torch.nn.functional.interpolate(frames.float(), size=side)   # nearest, (n,3,s,s)
-        strip = Image.fromarray(make_grid(frames, nrow=n, padding=2, pad_value=255)
-                                .byte().permute(1, 2, 0).numpy())
-        row = Image.new("RGB", (label + strip.width, strip.height), "white")
-        row.paste(strip, (label, 0))
-        ImageDraw.Draw(row).text((4, strip.height // 2 - 6), name, fill="black")
-        rows.append(row)
-    sheet = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), "white")
-    for i, row in enumerate(rows):
-        sheet.paste(row, (0, i * row.height))
-    sheet.save(out / "suites.png")
+    n, side = 8, max(64, env.res)  # worlds per suite, pixels per frame
+    suite_sheet({name: torch.nn.functional.interpolate(  # nearest, (n, 3, side, side)
+        world.render(env, *worlds(name, n))[0].float(), size=side) for name in cfg.suites},
+        out / "suites.png")
     print(out / "suites.png", f"(one row per suite, {n} worlds each, res {env.res})")
     clean = replace(cfg.data, n_episodes=4, expert_noise=0.0, random_action_frac=0.0)  # 1 per task
     demos = generate_demos(env, clean, get_suite(cfg.suites, "id"))

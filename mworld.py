@@ -42,7 +42,7 @@ from config import (
     check_choice,
     get_suite,
 )
-from data import cached
+from data import cached, suite_sheet
 from world import BACKGROUND, GOAL, GRIPPER, TARGET
 
 ROBOT, DISTRACTOR = 4, 5  # mask ids after world.py's: the arm but the gripper; the visual-only geoms
@@ -373,29 +373,19 @@ def generate_demos(mw, data, suite):
 def main(cfg):
     """A picture of every suite (first frames), an expert GIF per task, the expert's success."""
     from PIL import Image, ImageDraw
-    from torchvision.utils import make_grid
 
     mw, out = cfg.metaworld, Path(cfg.data.cache_dir) / "preview-metaworld"
     out.mkdir(parents=True, exist_ok=True)
     check(mw.suites, "metaworld.suites is empty; expected a Meta-World preset "
           "(configs/metaworld.yaml)")
-    world, task, label = World(mw), torch.arange(len(TASKS)), 120
+    world, task = World(mw), torch.arange(len(TASKS))
     try:
-        rows = []
-        for name in mw.suites:  # a labelled strip of one first frame per task
+        strips = {}
+        for name in mw.suites:  # one first frame per task, the model's pixels (n, 3, H, W)
             world.reset(get_suite(mw.suites, name, MWSuite, "metaworld.suites"), task,
                         cfg.data.seed)
-            frames = world.render()[0]                     # (n, 3, H, W): the model's pixels
-            strip = Image.fromarray(make_grid(frames, nrow=len(TASKS), padding=2, pad_value=255)
-                                    .byte().permute(1, 2, 0).numpy())
-            row = Image.new("RGB", (label + strip.width, strip.height), "white")
-            row.paste(strip, (label, 0))
-            ImageDraw.Draw(row).text((4, strip.height // 2 - 6), name, fill="black")
-            rows.append(row)
-        sheet = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), "white")
-        for i, row in enumerate(rows):
-            sheet.paste(row, (0, i * row.height))
-        sheet.save(out / "suites.png")
+            strips[name] = world.render()[0]
+        suite_sheet(strips, out / "suites.png")
         print(out / "suites.png", f"(one row per suite, one env per task {TASKS})")
         world.reset(get_suite(mw.suites, "id", MWSuite, "metaworld.suites"), task, cfg.data.seed)
         r = rollout(world, lambda t, f: world.expert(), mw.max_steps, frame_every=2)
